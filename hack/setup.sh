@@ -9,6 +9,6 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-# EXTRAS lets CI or a user add optional engines, e.g. EXTRAS=operator,dev,ray
-.venv/bin/python -m pip install --quiet -e ".[${EXTRAS:-operator,dev}]"
+# EXTRAS lets CI or a user add optional engines, e.g. EXTRAS=operator,dev (no ray)
+.venv/bin/python -m pip install --quiet -e ".[${EXTRAS:-operator,dev,ray}]"
 echo "setup: ready. Activate with: source .venv/bin/activate"

@@ -27,3 +27,15 @@ def test_missing_covertype_file_is_a_one_line_error(tmp_path, capsys, monkeypatc
     assert main(["--dataset", "covertype", "--no-enabled"]) == 2
     err = capsys.readouterr().err
     assert "covertype data not found at data/covertype.parquet" in err and err.count("\n") == 1
+
+
+def test_ray_engine_without_ray_names_the_extra(monkeypatch, capsys, tmp_path):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert (
+        main(["--mode", "hp_search", "--hp-engine", "ray", "--dataset", "breast_cancer", "--no-enabled"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "pip install '.[ray]'" in err and err.count("\n") == 1

@@ -92,7 +92,10 @@ def run(cfg: RunConfig) -> int:
         launch_local(cfg)
         return 0
     if cfg.mode == "hp_search":
-        from dmlt_trainer.hpo import run_search
+        if cfg.hpo.hp_engine == "ray":
+            from dmlt_trainer.hpo_ray import run_ray_search as run_search
+        else:
+            from dmlt_trainer.hpo import run_search
 
         run_search(cfg)
         return 0

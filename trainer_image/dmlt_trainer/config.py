@@ -203,6 +203,8 @@ class HPOConfig:
     """Trials run at once."""
     trial_epochs: int | None = None
     """Epochs per trial (default: train.epochs)."""
+    cpus_per_trial: float = 1.0
+    """CPUs the ray engine reserves per trial (also the trial's torch threads)."""
     hp_timeout_s: float | None = None
     """Stop starting new trials after this many seconds."""
 
@@ -214,6 +216,7 @@ class HPOConfig:
         _choice("pruner", self.pruner, PRUNERS)
         if self.parallel_trials < 1:
             raise ConfigError(f"parallel_trials must be >= 1; got {self.parallel_trials!r}")
+        _positive("cpus_per_trial", self.cpus_per_trial)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -90,6 +90,8 @@ class SearchOutcome:
     n_pruned: int
     n_failed: int
     parent_run_id: str | None
+    engine: str = "optuna"
+    best_epochs_run: int | None = None
 
 
 def _finished_count(study) -> int:
@@ -162,7 +164,7 @@ def run_search(cfg: RunConfig, data: PreparedData | None = None) -> SearchOutcom
             gc_after_trial=False,
         )
     outcome = summarize(study, storage, parent_run_id)
-    _save_outcome(cfg, outcome, tracker)
+    save_outcome(cfg, outcome, tracker)
     tracker.finish("FINISHED")
     return outcome
 
@@ -182,19 +184,22 @@ def summarize(study, storage: str, parent_run_id: str | None) -> SearchOutcome:
         n_pruned=states.count(optuna.trial.TrialState.PRUNED),
         n_failed=states.count(optuna.trial.TrialState.FAIL),
         parent_run_id=parent_run_id,
+        best_epochs_run=best.user_attrs.get("epochs_run"),
     )
 
 
-def _save_outcome(cfg: RunConfig, outcome: SearchOutcome, tracker) -> None:
+def save_outcome(cfg: RunConfig, outcome: SearchOutcome, tracker) -> None:
     """best_params.json beside the checkpoints, on the parent run, and on stdout."""
     out_dir = Path(cfg.train.checkpoint_dir) / outcome.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "best_params.json"
     payload = {
+        "engine": outcome.engine,
         "study": outcome.study_name,
         "best_trial": outcome.best_trial,
         "best_value": outcome.best_value,
         "best_params": outcome.best_params,
+        "best_epochs_run": outcome.best_epochs_run,
         "trials": {"complete": outcome.n_complete, "pruned": outcome.n_pruned, "failed": outcome.n_failed},
     }
     path.write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,55 @@
+# dmlt container images.
+#   --target trainer   the DDP trainer (dmlt-train; torch and the rest of the project's dependencies)
+#   --target operator  the kopf operator (dmlt-operator; only the `operator` extra, no torch)
+#
+# BASE_IMAGE is any Debian-like image with python3 >= 3.11, venv and pip. With internet access
+# the default python:3.11-slim is pulled; hack/cluster.sh passes a base made locally with
+# debootstrap, because no registry is reachable there.
+#
+# pip may need a CA bundle (TLS-intercepting proxies): pass it as the build secret `ca`
+# (buildah bud --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt, or
+# docker buildx build --secret id=ca,src=...). It is mounted for single RUN steps only and
+# never stored in a layer. hack/cluster/images.sh also mounts a pip download cache at
+# /root/.cache/pip for the RUN steps (buildah bud -v), outside the image.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS base
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+RUN python3 -m venv /opt/venv \
+ && groupadd --gid 10001 dmlt \
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/dmlt --shell /usr/sbin/nologin dmlt
+# Only pyproject.toml first: the dependency layers below are rebuilt when it changes, not when
+# the sources do.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+open('/tmp/req-trainer.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); \
+open('/tmp/req-operator.txt', 'w').write('\n'.join(p.get('optional-dependencies', {}).get('operator', [])) + '\n')"
+
+FROM base AS operator
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
+    pip install "setuptools>=69" wheel -r /tmp/req-operator.txt
+COPY . /tmp/src
+# --no-deps: the project's base dependencies (torch, mlflow, ...) stay out of this image.
+RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
+ && pip install --no-deps --no-build-isolation --no-cache-dir /tmp/src \
+ && rm -rf /tmp/src /tmp/req-*.txt /tmp/pyproject.toml
+USER 10001:10001
+WORKDIR /home/dmlt
+CMD ["dmlt-operator"]
+
+FROM base AS trainer
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
+    pip install "setuptools>=69" wheel -r /tmp/req-trainer.txt
+COPY . /tmp/src
+RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
+ && pip install --no-deps --no-build-isolation --no-cache-dir /tmp/src \
+ && rm -rf /tmp/src /tmp/req-*.txt /tmp/pyproject.toml
+USER 10001:10001
+WORKDIR /home/dmlt
+CMD ["dmlt-train"]

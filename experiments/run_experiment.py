@@ -1,0 +1,14 @@
+"""The original framework's launcher: `python experiments/run_experiment.py --mode ... `.
+
+A thin entry point over `dmlt-train` (same flags, same code), kept so existing commands work.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer_image"))
+
+from dmlt_trainer.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Build the pinned upstream binaries from Go source (Go module proxy only) into
+# ${DMLT_CACHE_DIR}/<tool>/<version>/bin.  A finished build leaves a .done stamp;
+# a present stamp skips the build.  Usage: build-tools.sh [k8s|coredns|helm|kind|all]...
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+CACHE="${DMLT_CACHE_DIR:-/var/cache/dmlt}"
+export PATH="/usr/local/go/bin:$PATH"
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+export GOCACHE="${GOCACHE:-$CACHE/go-build}" GOMODCACHE="${GOMODCACHE:-$CACHE/go-mod}"
+# Two cores shared with other work: be nice and keep parallelism at the core count.
+GO_BUILD=(nice -n 10 go build -p "$(nproc)" -trimpath)
+
+log() { printf '[build-tools %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+stamp_ok() { [[ -f "$1/.done" ]]; }
+
+build_k8s() {
+  local v="$K8S_VERSION" dir="$CACHE/k8s/$K8S_VERSION"
+  stamp_ok "$dir" && { log "k8s $v cached in $dir/bin"; return; }
+  log "building Kubernetes $v (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl)"
+  local staging="v0.${v#v1.}" minor
+  minor="$(cut -d. -f2 <<<"$v")"
+  mkdir -p "$dir/src" "$dir/bin"
+  cd "$dir/src"
+  local gomod
+  gomod="$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  {
+    echo "module dmlt.local/k8s-build"
+    echo
+    echo "go 1.24.0"
+    echo
+    echo "godebug default=go1.24"
+    echo
+    echo "require k8s.io/kubernetes $v"
+    echo
+    echo "replace ("
+    # k8s.io/kubernetes points its staging modules at ./staging/...; use the published ones.
+    sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/.*#\t\1 => \1 '"$staging"'#p' "$gomod"
+    echo ")"
+  } > go.mod
+  local vpkgs=(k8s.io/component-base/version k8s.io/client-go/pkg/version) ld="-s -w"
+  for p in "${vpkgs[@]}"; do
+    ld+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+    ld+=" -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  "${GO_BUILD[@]}" -ldflags "$ld" -o "$dir/bin/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kubectl
+  touch "$dir/.done"
+  log "Kubernetes $v built: $(ls "$dir/bin" | tr '\n' ' ')"
+}
+
+# go install a single main package at a pinned version into $CACHE/<name>/<version>/bin
+go_install_pinned() {
+  local name="$1" version="$2" pkg="$3" ld="${4:-}"
+  local dir="$CACHE/$name/$version"
+  stamp_ok "$dir" && { log "$name $version cached in $dir/bin"; return; }
+  log "building $name $version ($pkg)"
+  mkdir -p "$dir/bin"
+  GOBIN="$dir/bin" nice -n 10 go install -p "$(nproc)" -trimpath -ldflags "-s -w $ld" "$pkg@$version"
+  touch "$dir/.done"
+}
+
+# CoreDNS with only the plugins the in-cluster Corefile uses (upstream's main pulls in every
+# cloud provider's SDK and builds several times longer).
+build_coredns() {
+  local v="$COREDNS_VERSION" dir="$CACHE/coredns/$COREDNS_VERSION"
+  stamp_ok "$dir" && { log "coredns $v cached in $dir/bin"; return; }
+  log "building CoreDNS $v (plugins: kubernetes forward cache errors health ready log loop reload loadbalance prometheus)"
+  mkdir -p "$dir/src" "$dir/bin"
+  cd "$dir/src"
+  printf 'module dmlt.local/coredns-build\n\ngo 1.24.0\n\nrequire github.com/coredns/coredns %s\n' "$v" > go.mod
+  cat > main.go <<'GO'
+// CoreDNS with the plugins a Kubernetes cluster DNS needs (built by dmlt's hack/cluster).
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/loop"
+	_ "github.com/coredns/coredns/plugin/metrics"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
+
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }
+GO
+  "${GO_BUILD[@]}" -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$v" -o "$dir/bin/coredns" .
+  touch "$dir/.done"
+  log "CoreDNS $v built"
+}
+build_helm() {
+  go_install_pinned helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+build_kind() { go_install_pinned kind "$KIND_VERSION" sigs.k8s.io/kind; }
+
+targets=("$@")
+[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(k8s coredns helm kind)
+for t in "${targets[@]}"; do
+  case "$t" in
+    k8s) build_k8s ;;
+    coredns) build_coredns ;;
+    helm) build_helm ;;
+    kind) build_kind ;;
+    *) echo "unknown target: $t" >&2; exit 2 ;;
+  esac
+done

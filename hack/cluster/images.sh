@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Build the local images with buildah (no registry is reachable) and load them into the
+# cluster's containerd (namespace k8s.io).  Every image is cached by a content hash of its
+# inputs: an archive $CACHE/images/<name>-<hash>.tar that exists is not rebuilt, and an image
+# whose containerd label dmlt.hash matches is not re-imported.
+#
+# Usage: images.sh [base|pause|coredns|project|all]...   (default: all)
+# Env:   DMLT_CACHE_DIR, DMLT_CONTAINERD_SOCK (where to load; unset: build only),
+#        DMLT_IMAGE_TAG (default dev), DMLT_IMAGE_TARGETS (default "operator trainer").
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+CACHE="${DMLT_CACHE_DIR:-/var/cache/dmlt}"
+SOCK="${DMLT_CONTAINERD_SOCK:-}"
+TAG="${DMLT_IMAGE_TAG:-dev}"
+CA_BUNDLE="${DMLT_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+DEBIAN_MIRROR="${DMLT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+BASE_IMAGE_REF="localhost/dmlt-base:bookworm"
+# buildah keeps its storage, and pip its download cache, under the cache dir.
+BUILDAH=(buildah --root "$CACHE/buildah/storage" --runroot /run/dmlt-buildah --storage-driver overlay)
+export TMPDIR="$CACHE/buildah/tmp"
+mkdir -p "$CACHE/images" "$CACHE/pip" "$TMPDIR"
+
+log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
+
+hash_files() {  # hash_files DIR PATH... -> sha256 of (relative name + content) of every file
+  local dir="$1" p present=(); shift
+  for p in "$@"; do [[ -e "$dir/$p" ]] && present+=("$p"); done
+  (cd "$dir" && find "${present[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.py[co]' -print0 \
+    | LC_ALL=C sort -z | xargs -0r sha256sum) | sha256sum | cut -c1-16
+}
+
+# load_archive NAME REF HASH ARCHIVE: import into containerd unless already there with HASH
+load_archive() {
+  local name="$1" ref="$2" hash="$3" archive="$4"
+  [[ -n "$SOCK" ]] || return 0
+  local ctr=(ctr --address "$SOCK" -n k8s.io)
+  local full="$ref"
+  [[ "$ref" == */* ]] || full="docker.io/library/$ref"
+  [[ "${full%%/*}" == *.* || "${full%%/*}" == localhost ]] || full="docker.io/$ref"
+  if "${ctr[@]}" images ls "name==$full" 2>/dev/null | grep -q "dmlt.hash=$hash"; then
+    log "$name: $full already in containerd ($hash)"
+    return 0
+  fi
+  log "$name: importing $archive into containerd as $full"
+  "${ctr[@]}" images import --no-unpack=false "$archive" >/dev/null
+  "${ctr[@]}" images label "$full" "dmlt.hash=$hash" >/dev/null
+}
+
+# commit_archive CTR REF ARCHIVE: commit a working container and write a docker-archive tarball
+commit_archive() {
+  local c="$1" ref="$2" archive="$3"
+  "${BUILDAH[@]}" commit --quiet --rm "$c" "$ref" >/dev/null
+  rm -f "$archive.tmp"
+  "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:$archive.tmp:$ref"
+  mv "$archive.tmp" "$archive"
+}
+
+build_base() {
+  local key archive rootfs
+  key="$(printf 'bookworm minbase python3,python3-pip,python3-venv,ca-certificates,passwd v1' | sha256sum | cut -c1-16)"
+  archive="$CACHE/images/dmlt-base-$key.tar"
+  if ! "${BUILDAH[@]}" inspect --type image "$BASE_IMAGE_REF" 2>/dev/null | grep -q "dmlt.hash.*$key"; then
+    rootfs="$CACHE/base/bookworm-$key"
+    if [[ ! -f "$rootfs.done" ]]; then
+      log "base: debootstrap bookworm (minbase + python3) into $rootfs"
+      rm -rf "$rootfs"
+      debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates,passwd \
+        bookworm "$rootfs" "$DEBIAN_MIRROR" > "$CACHE/logs/debootstrap.log" 2>&1 \
+        || die "debootstrap failed, see $CACHE/logs/debootstrap.log"
+      rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
+        "$rootfs"/etc/resolv.conf "$rootfs"/etc/hostname "$rootfs"/var/log/* 2>/dev/null || true
+      touch "$rootfs.done"
+    fi
+    log "base: committing $BASE_IMAGE_REF"
+    local c mnt
+    c="$("${BUILDAH[@]}" from --quiet scratch)"
+    mnt="$("${BUILDAH[@]}" mount "$c")"
+    tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$mnt" --numeric-owner -xpf -
+    "${BUILDAH[@]}" umount "$c" >/dev/null
+    "${BUILDAH[@]}" config --label "dmlt.hash=$key" --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --cmd /bin/bash "$c"
+    "${BUILDAH[@]}" commit --quiet --rm "$c" "$BASE_IMAGE_REF" >/dev/null
+  fi
+  BASE_HASH="$key"
+  # also in containerd: hack/cluster.sh's DNS check runs in it
+  if [[ -n "$SOCK" ]]; then
+    if [[ ! -f "$archive" ]]; then
+      rm -f "$archive.tmp"
+      "${BUILDAH[@]}" push --quiet "$BASE_IMAGE_REF" "docker-archive:$archive.tmp:$BASE_IMAGE_REF"
+      mv "$archive.tmp" "$archive"
+    fi
+    load_archive base "$BASE_IMAGE_REF" "$key" "$archive"
+  fi
+}
+
+build_pause() {
+  local key archive ref="registry.k8s.io/pause:$PAUSE_TAG"
+  key="$(hash_files "$HERE" pause.c)"
+  archive="$CACHE/images/pause-$key.tar"
+  if [[ ! -f "$archive" ]]; then
+    log "pause: gcc -static pause.c -> $ref"
+    local work="$CACHE/build/pause" c mnt
+    mkdir -p "$work"
+    gcc -static -Os -o "$work/pause" "$HERE/pause.c"
+    strip "$work/pause"
+    c="$("${BUILDAH[@]}" from --quiet scratch)"
+    "${BUILDAH[@]}" copy --quiet --chmod 0755 "$c" "$work/pause" /pause >/dev/null
+    "${BUILDAH[@]}" config --entrypoint '["/pause"]' --user 65535:65535 --label "dmlt.hash=$key" "$c"
+    commit_archive "$c" "$ref" "$archive"
+  fi
+  load_archive pause "$ref" "$key" "$archive"
+}
+
+build_coredns() {
+  local bin="$CACHE/coredns/$COREDNS_VERSION/bin/coredns" key archive ref="localhost/dmlt-coredns:$COREDNS_VERSION"
+  [[ -x "$bin" ]] || "$HERE/build-tools.sh" coredns
+  key="$( (sha256sum "$bin"; echo v1) | sha256sum | cut -c1-16)"
+  archive="$CACHE/images/coredns-$key.tar"
+  if [[ ! -f "$archive" ]]; then
+    log "coredns: packaging $bin -> $ref"
+    local c
+    c="$("${BUILDAH[@]}" from --quiet scratch)"
+    "${BUILDAH[@]}" copy --quiet --chmod 0755 "$c" "$bin" /coredns >/dev/null
+    "${BUILDAH[@]}" config --entrypoint '["/coredns"]' --label "dmlt.hash=$key" "$c"
+    commit_archive "$c" "$ref" "$archive"
+  fi
+  load_archive coredns "$ref" "$key" "$archive"
+}
+
+# The project images are big (torch): no archive is kept. The buildah image carries the
+# content hash as a label (built?), containerd's copy too (loaded?); a temporary archive
+# carries it from one to the other.
+build_project() {
+  [[ -n "${BASE_HASH:-}" ]] || build_base
+  local target key ref src_hash
+  src_hash="$(hash_files "$REPO" Dockerfile .dockerignore pyproject.toml README.md LICENSE \
+    trainer_image/dmlt_trainer operator/dmlt_operator)"
+  for target in ${DMLT_IMAGE_TARGETS:-operator trainer}; do
+    ref="dmlt-$target:$TAG"
+    key="$(printf '%s %s %s' "$src_hash" "$BASE_HASH" "$target" | sha256sum | cut -c1-16)"
+    if ! "${BUILDAH[@]}" inspect --type image --format '{{.Docker.Config.Labels}}' \
+        "localhost/$ref" 2>/dev/null | grep -q "dmlt.hash:$key"; then
+      log "$target: buildah bud --target $target (log: $CACHE/logs/build-$target.log)"
+      local t0=$SECONDS
+      [[ -s "$CA_BUNDLE" ]] || die "CA bundle $CA_BUNDLE missing (pip needs it); set DMLT_CA_BUNDLE"
+      if ! "${BUILDAH[@]}" bud --layers --pull=never --network host --target "$target" \
+          --build-arg "BASE_IMAGE=$BASE_IMAGE_REF" --secret "id=ca,src=$CA_BUNDLE" \
+          -v "$CACHE/pip:/root/.cache/pip" \
+          --label "dmlt.hash=$key" -t "$ref" -f "$REPO/Dockerfile" "$REPO" \
+          > "$CACHE/logs/build-$target.log" 2>&1; then
+        tail -n 30 "$CACHE/logs/build-$target.log" >&2
+        die "image build for $target failed, see $CACHE/logs/build-$target.log"
+      fi
+      log "$target: built in $((SECONDS - t0)) s ($("${BUILDAH[@]}" images --format '{{.Size}}' "localhost/$ref"))"
+    fi
+    [[ -n "$SOCK" ]] || continue
+    if ctr --address "$SOCK" -n k8s.io images ls "name==docker.io/library/$ref" 2>/dev/null | grep -q "dmlt.hash=$key"; then
+      log "$target: docker.io/library/$ref already in containerd ($key)"
+      continue
+    fi
+    local archive="$CACHE/images/dmlt-$target-$key.tar"
+    if [[ ! -f "$archive" ]]; then
+      "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:$archive.tmp:$ref"
+      mv "$archive.tmp" "$archive"
+    fi
+    load_archive "$target" "$ref" "$key" "$archive"
+    rm -f "$archive"
+  done
+}
+
+mkdir -p "$CACHE/logs"
+command -v buildah >/dev/null || die "buildah missing: apt-get install buildah (hack/cluster.sh up installs it)"
+targets=("$@")
+[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(base pause coredns project)
+for t in "${targets[@]}"; do
+  case "$t" in
+    base) build_base ;;
+    pause) build_pause ;;
+    coredns) build_coredns ;;
+    project) build_project ;;
+    *) die "unknown image target: $t" ;;
+  esac
+done

@@ -1,0 +1,91 @@
+"""Operator settings: read once from the environment at start-up, then passed via kopf.Memo."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer; got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}; got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float, minimum: float) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number; got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}; got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key} must be true or false; got {raw!r}")
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class OperatorConfig:
+    """Settings of one operator process (environment variables in brackets)."""
+
+    default_tracking_uri: str = ""
+    """MLflow URI for jobs that set none; the chart points it at its own server
+    [DMLT_DEFAULT_TRACKING_URI]."""
+    reconcile_interval_s: float = 5.0
+    """How often each TrainingJob is reconciled [DMLT_RECONCILE_INTERVAL_SECONDS]."""
+    log_tail_lines: int = 200
+    """Lines of rank 0's log read per reconcile for progress [DMLT_LOG_TAIL_LINES]."""
+    log_limit_bytes: int = 256 * 1024
+    """Upper bound on bytes of log read per request [DMLT_LOG_LIMIT_BYTES]."""
+    gloo_socket_ifname: str = "eth0"
+    """GLOO_SOCKET_IFNAME given to trainer Pods, empty to leave unset
+    [DMLT_GLOO_SOCKET_IFNAME]."""
+    termination_grace_period_s: int = 20
+    """Grace period of trainer Pods: time to finish an atomic checkpoint write
+    [DMLT_TERMINATION_GRACE_PERIOD_SECONDS]."""
+    read_only_root_fs: bool = True
+    """Run trainer containers with a read-only root filesystem [DMLT_READ_ONLY_ROOT_FS]."""
+    metrics_port: int = 9090
+    """Port of the Prometheus /metrics endpoint; 0 disables it [DMLT_METRICS_PORT]."""
+    health_port: int = 8080
+    """Port of kopf's liveness endpoint (/healthz) [DMLT_HEALTH_PORT]."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to serve; empty for the whole cluster [DMLT_NAMESPACES, comma-separated]."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        raw_namespaces = env.get("DMLT_NAMESPACES", "").split(",")
+        namespaces = tuple(n.strip() for n in raw_namespaces if n.strip())
+        return cls(
+            default_tracking_uri=env.get("DMLT_DEFAULT_TRACKING_URI", "").strip(),
+            reconcile_interval_s=_float(env, "DMLT_RECONCILE_INTERVAL_SECONDS", 5.0, 0.5),
+            log_tail_lines=_int(env, "DMLT_LOG_TAIL_LINES", 200, 1),
+            log_limit_bytes=_int(env, "DMLT_LOG_LIMIT_BYTES", 256 * 1024, 1024),
+            gloo_socket_ifname=env.get("DMLT_GLOO_SOCKET_IFNAME", "eth0").strip(),
+            termination_grace_period_s=_int(env, "DMLT_TERMINATION_GRACE_PERIOD_SECONDS", 20, 0),
+            read_only_root_fs=_bool(env, "DMLT_READ_ONLY_ROOT_FS", True),
+            metrics_port=_int(env, "DMLT_METRICS_PORT", 9090, 0),
+            health_port=_int(env, "DMLT_HEALTH_PORT", 8080, 1),
+            namespaces=namespaces,
+        )

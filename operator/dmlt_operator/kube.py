@@ -1,0 +1,134 @@
+"""The one module that talks to the Kubernetes API.
+
+Every write is idempotent: creating something that exists (409) or deleting something that is
+gone (404) counts as success, so a handler interrupted at any point can simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from dmlt_operator import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = (5, 30)
+"""(connect, read) seconds for every call: a hung apiserver must not hang a reconcile."""
+
+
+ApiError = ApiException
+
+
+def describe_error(exc: ApiException) -> str:
+    """The apiserver's own message of a failed call (e.g. an admission or quota refusal)."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (TypeError, ValueError):
+        message = None
+    return f"{exc.status} {exc.reason}: {message}" if message else f"{exc.status} {exc.reason}"
+
+
+def load_config() -> None:
+    """In a Pod: the ServiceAccount; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+class Kube:
+    """Thin, idempotent wrappers over the calls the operator makes."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # ---- children
+
+    def create_pod(self, pod: dict[str, Any]) -> bool:
+        """Create the Pod; False if one of that name already exists."""
+        return self._create(self.core.create_namespaced_pod, pod)
+
+    def create_service(self, service: dict[str, Any]) -> bool:
+        """Create the Service; False if one of that name already exists."""
+        return self._create(self.core.create_namespaced_service, service)
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete the Pod (only the one with this uid, when given); False if already gone."""
+        body = client.V1DeleteOptions(
+            propagation_policy="Background",
+            preconditions=client.V1Preconditions(uid=uid) if uid else None,
+        )
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=body, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            # 404: gone already; 409: the uid precondition failed, i.e. a newer Pod of that name.
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def read_pod_log(
+        self, namespace: str, name: str, container: str, tail_lines: int, limit_bytes: int
+    ) -> str | None:
+        """The last lines of a container's log; None when there is none (yet, or any more)."""
+        try:
+            # Raw bytes: the client would otherwise json-decode a log that happens to be one
+            # JSON document and hand back its Python repr.
+            response = self.core.read_namespaced_pod_log(
+                name,
+                namespace,
+                container=container,
+                tail_lines=tail_lines,
+                limit_bytes=limit_bytes,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            return response.data.decode("utf-8", errors="replace")
+        except ApiException as exc:
+            # 400: the container is not running yet; 404: the Pod is gone.
+            if exc.status in (400, 404):
+                return None
+            raise
+
+    # ---- the job itself
+
+    def delete_trainingjob(self, namespace: str, name: str) -> bool:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def post_event(body: Any, type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the TrainingJob (posted by kopf in the background)."""
+        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+    # ---- helpers
+
+    @staticmethod
+    def _create(create: Any, obj: dict[str, Any]) -> bool:
+        try:
+            create(obj["metadata"]["namespace"], obj, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True

@@ -1,0 +1,49 @@
+"""`dmlt-operator`: run the TrainingJob operator (kopf) with a liveness endpoint and metrics."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import kopf
+
+from dmlt_operator.config import OperatorConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmlt-operator",
+        description="Reconcile dmlt.io TrainingJobs: per-rank Pods running torchrun, gang "
+        "restarts, status with progress. Settings come from DMLT_* environment variables.",
+    )
+    parser.add_argument(
+        "-n", "--namespace", action="append", default=[],
+        help="serve only this namespace (repeatable); default: DMLT_NAMESPACES or all",
+    )  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format", choices=("plain", "full", "json"), default="full", help="log line format"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = OperatorConfig.from_env()
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
+
+    import dmlt_operator.handlers  # noqa: F401  (registers the handlers with kopf)
+
+    namespaces = tuple(args.namespace) or cfg.namespaces
+    kopf.run(
+        standalone=True,  # one replica (Deployment strategy Recreate): no peering needed
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
+        memo=kopf.Memo(config=cfg),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

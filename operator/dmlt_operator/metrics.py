@@ -1,0 +1,81 @@
+"""Prometheus metrics of the operator, served on their own port (config.metrics_port)."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from dmlt_operator.reconcile import PHASES
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS = Gauge(
+    "dmlt_trainingjobs",
+    "TrainingJobs known to this operator, by phase.",
+    ["phase"],
+    registry=REGISTRY,
+)
+RECONCILE_ERRORS = Counter(
+    "dmlt_reconcile_errors_total",
+    "Reconciles of a TrainingJob that raised an error.",
+    registry=REGISTRY,
+)
+RECONCILE_SECONDS = Histogram(
+    "dmlt_reconcile_duration_seconds",
+    "Wall time of one TrainingJob reconcile, API calls included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+GANG_RESTARTS = Counter(
+    "dmlt_gang_restarts_total",
+    "Gang restarts started (every rank recreated after one failed).",
+    registry=REGISTRY,
+)
+PODS_CREATED = Counter(
+    "dmlt_pods_created_total",
+    "Trainer Pods created.",
+    registry=REGISTRY,
+)
+
+
+class PhaseTracker:
+    """Last seen phase of each job, folded into the `dmlt_trainingjobs` gauge."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._phases: dict[tuple[str, str], str] = {}
+        self._publish()  # every phase is exported from the start, at 0
+
+    def set(self, namespace: str, name: str, phase: str) -> None:
+        with self._lock:
+            self._phases[(namespace, name)] = phase
+            self._publish()
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._phases.pop((namespace, name), None)
+            self._publish()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return self._count()
+
+    def _count(self) -> dict[str, int]:
+        counts = dict.fromkeys(PHASES, 0)
+        for phase in self._phases.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
+    def _publish(self) -> None:
+        for phase, count in self._count().items():
+            JOBS.labels(phase=phase).set(count)
+
+
+PHASE_TRACKER = PhaseTracker()
+
+
+def serve(port: int) -> None:
+    """Start the /metrics endpoint in a background thread (port 0: don't)."""
+    if port:
+        start_http_server(port, registry=REGISTRY)

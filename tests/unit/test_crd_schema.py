@@ -1,0 +1,366 @@
+"""The TrainingJob CRD: documented, structural, defaulted like the operator, validated by CEL.
+
+The apiserver is what users meet; these tests keep its schema honest without a cluster:
+every field is described (`kubectl explain`), the status the planner writes fits the declared
+status schema (else the apiserver prunes it silently), the schema's defaults equal the
+operator's, and the CEL rules accept good objects and reject bad ones (evaluated with cel-python
+when it is installed).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dmlt_operator import GROUP, KIND, PLURAL, VERSION
+from dmlt_operator import reconcile as rc
+from dmlt_operator import status as st
+from dmlt_operator.resources import JobRef
+from dmlt_operator.spec import parse_spec
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "helm" / "dmlt" / "crds" / "trainingjobs.dmlt.io.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def version(crd) -> dict[str, Any]:
+    (v,) = crd["spec"]["versions"]
+    return v
+
+
+@pytest.fixture(scope="module")
+def schema(version) -> dict[str, Any]:
+    return version["schema"]["openAPIV3Schema"]
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+# --------------------------------------------------------------------------- shape
+
+
+def test_names_and_scope(crd, version):
+    assert crd["metadata"]["name"] == f"{PLURAL}.{GROUP}"
+    assert crd["spec"]["group"] == GROUP
+    assert crd["spec"]["scope"] == "Namespaced"
+    names = crd["spec"]["names"]
+    assert names["kind"] == KIND and names["plural"] == PLURAL
+    assert "tj" in names["shortNames"] and "dmlt" in names["categories"]
+    assert version["name"] == VERSION and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_every_field_has_a_description(schema):
+    # metadata is the apiserver's own (it forbids anything but name/generateName there).
+    missing = [
+        path or "<root>" for path, node in walk(schema) if not node.get("description") and path != ".metadata"
+    ]
+    assert missing == []
+
+
+def test_metadata_is_left_to_the_apiserver(schema):
+    assert schema["properties"]["metadata"] == {"type": "object"}
+
+
+def test_schema_is_structural(schema):
+    for path, node in walk(schema):
+        if path in ("", ".metadata"):
+            continue
+        typed = "type" in node or node.get("x-kubernetes-int-or-string")
+        assert typed or node.get("x-kubernetes-preserve-unknown-fields"), f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if node.get("type") == "array":
+            assert isinstance(node.get("items"), dict), f"{path} array without items"
+
+
+def test_cel_bounded_inputs(schema):
+    """Rules over lists and strings need maxItems/maxLength, or the apiserver's cost estimate
+    rejects the CRD."""
+    for path, node in walk(schema):
+        if not node.get("x-kubernetes-validations") or path == "":
+            continue  # the root rule reads only metadata.name (bounded by the apiserver)
+        for sub_path, sub in walk(node, path):
+            if sub.get("type") == "array":
+                assert "maxItems" in sub, f"{sub_path} needs maxItems (CEL rule on {path})"
+            if sub.get("type") == "string":
+                assert "maxLength" in sub or "enum" in sub, f"{sub_path} needs maxLength ({path})"
+
+
+def test_cel_rules_present(schema):
+    spec = schema["properties"]["spec"]["properties"]
+
+    def rules(node):
+        return " ; ".join(r["rule"] for r in node.get("x-kubernetes-validations", []))
+
+    assert "self >= 1" in rules(spec["replicas"])
+    assert "self == oldSelf" in rules(spec["replicas"])
+    assert "['auto', 'gloo', 'nccl']" in rules(spec["backend"])
+    assert "self.all(d, d > 0)" in rules(spec["trainer"]["properties"]["hiddenDims"])
+    for immutable in ("image", "replicas", "procsPerNode", "backend", "trainer", "checkpoint"):
+        assert "self == oldSelf" in rules(spec[immutable]), immutable
+    assert "self == oldSelf" not in rules(spec["runPolicy"])  # suspend must stay mutable
+    assert "metadata.name" in rules(schema)
+    for _, node in walk(schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            assert rule.get("message"), f"rule without message: {rule['rule']}"
+
+
+def test_printer_columns_point_into_the_schema(version, schema):
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert list(columns) == ["Phase", "Ready", "Progress", "Val-AUC", "Restarts", "Age"]
+    for col in columns.values():
+        assert col.get("description")
+        path = col["jsonPath"]
+        if path.startswith(".metadata"):
+            continue
+        node = schema
+        for part in path.strip(".").split("."):
+            props = node.get("properties")
+            node = props[part] if props and part in props else node.get("additionalProperties")
+            assert node is not None, f"{path} not in schema"
+
+
+def test_status_schema_covers_what_the_operator_writes(schema):
+    """A status field missing from the schema is pruned by the apiserver without an error."""
+    status_schema = schema["properties"]["status"]
+    job = JobRef("ddp", "ns", "u", 1)
+    spec = parse_spec({"image": "i", "replicas": 2})
+    pods = [
+        st.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
+                      phase="Succeeded", ready=False, started=True, exit_code=0,
+                      reason="Completed", message="done", node="n1")
+        for r in range(2)
+    ]  # fmt: skip
+    report = st.parse_trainer_log(
+        '{"event": "epoch", "epoch": 3, "epochs": 3, "metrics": {"val_auc": 0.9}, '
+        '"mlflow_run_id": "r1"}\n'
+        '{"event": "finished", "status": "completed", "world_size": 2, "mlflow_run_id": "r1", '
+        f'"weights_sha256": "{"a" * 64}"}}'
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    p = rc.plan(job, spec, None, [], {}, now)
+    running = [
+        st.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
+                      phase="Running", ready=True, started=True, node="n1")
+        for r in range(2)
+    ]  # fmt: skip
+    p = rc.plan(job, spec, p.status, running, {}, now)
+    p = rc.plan(job, spec, p.status, pods, {"ddp-0": report, "ddp-1": report}, now)
+    assert p.status["phase"] == rc.SUCCEEDED
+    assert set(st.MANAGED_STATUS_KEYS) <= set(status_schema["properties"])
+    assert_fits(p.status, status_schema, ".status")
+
+
+def assert_fits(value: Any, node: dict[str, Any], path: str) -> None:
+    kind = node.get("type")
+    if kind == "object":
+        assert isinstance(value, dict), path
+        props = node.get("properties")
+        for key, sub in value.items():
+            if props is not None:
+                assert key in props, f"{path}.{key} would be pruned"
+                assert_fits(sub, props[key], f"{path}.{key}")
+            elif isinstance(node.get("additionalProperties"), dict):
+                assert_fits(sub, node["additionalProperties"], f"{path}.{key}")
+    elif kind == "array":
+        assert isinstance(value, list), path
+        for i, item in enumerate(value):
+            assert_fits(item, node["items"], f"{path}[{i}]")
+    elif kind == "string":
+        assert isinstance(value, str), path
+        if "enum" in node:
+            assert value in node["enum"], path
+        if node.get("format") == "date-time":
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", value), path
+    elif kind == "integer":
+        assert isinstance(value, int) and not isinstance(value, bool), path
+    elif kind == "number":
+        assert isinstance(value, int | float) and not isinstance(value, bool), path
+    elif kind == "boolean":
+        assert isinstance(value, bool), path
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def apply_defaults(value: Any, node: dict[str, Any]) -> Any:
+    """Structural defaulting as the apiserver does it: missing fields get their default, then
+    defaulting recurses into every present object (the defaults included)."""
+    value = copy.deepcopy(value)
+    if node.get("type") == "object" and isinstance(value, dict):
+        for name, sub in (node.get("properties") or {}).items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = apply_defaults(value[name], sub)
+    elif node.get("type") == "array" and isinstance(value, list):
+        value = [apply_defaults(v, node["items"]) for v in value]
+    return value
+
+
+def test_schema_defaults_equal_the_operators(schema):
+    spec_schema = schema["properties"]["spec"]
+    minimal = {"image": "dmlt-trainer:dev"}
+    defaulted = apply_defaults(minimal, spec_schema)
+    assert defaulted["trainer"]["hiddenDims"] == [512, 256, 128]
+    assert defaulted["runPolicy"]["backoffLimit"] == 3
+    from_crd = parse_spec(defaulted).model_dump()
+    from_model = parse_spec(minimal).model_dump()
+    assert from_crd == from_model
+
+
+def test_every_default_is_valid_for_its_field(schema):
+    for path, node in walk(schema):
+        if "default" in node:
+            assert_fits(node["default"], node, path)
+            if "enum" in node:
+                assert node["default"] in node["enum"], path
+
+
+# --------------------------------------------------------------------------- CEL
+
+import celpy  # noqa: E402  (cel-python, a dev extra, evaluates the CEL rules)
+
+
+def needs_cel(test):
+    return test
+
+
+def to_cel(value: Any, node: dict[str, Any] | None) -> Any:
+    """JSON → CEL value the way the apiserver types it (number fields are doubles)."""
+    node = node or {}
+    if isinstance(value, dict):
+        props = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        extra = extra if isinstance(extra, dict) else None
+        return celpy.celtypes.MapType(
+            {celpy.celtypes.StringType(k): to_cel(v, props.get(k, extra)) for k, v in value.items()}
+        )
+    if isinstance(value, list):
+        return celpy.celtypes.ListType([to_cel(v, node.get("items")) for v in value])
+    if node.get("type") == "number" and isinstance(value, int | float):
+        return celpy.celtypes.DoubleType(float(value))
+    return celpy.json_to_cel(value)
+
+
+def rules_with_values(schema, obj, old=None):
+    """(path, rule, message, self, oldSelf) for every rule whose field is present."""
+    out = []
+
+    def visit(node, value, old_value, path):
+        for r in node.get("x-kubernetes-validations", []):
+            out.append((path, r["rule"], r["message"], (value, node), (old_value, node)))
+        if isinstance(value, dict):
+            for name, sub in (node.get("properties") or {}).items():
+                if name in value:
+                    o = old_value.get(name) if isinstance(old_value, dict) else None
+                    visit(sub, value[name], o, f"{path}.{name}")
+
+    visit(schema, obj, old, "")
+    return out
+
+
+def violations(schema, obj, old=None) -> list[str]:
+    env = celpy.Environment()
+    failed = []
+    for path, rule, message, (value, node), (old_value, _) in rules_with_values(schema, obj, old):
+        transition = "oldSelf" in rule
+        if transition and old_value is None:
+            continue  # transition rules only run on updates where the field existed
+        activation = {"self": to_cel(value, node)}
+        if transition:
+            activation["oldSelf"] = to_cel(old_value, node)
+        result = env.program(env.compile(rule)).evaluate(activation)
+        if isinstance(result, Exception) or not bool(result):
+            failed.append(f"{path}: {message}")
+    return failed
+
+
+def job(name="ddp-example", **spec):
+    return {"apiVersion": "dmlt.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": name}, "spec": {"image": "dmlt-trainer:dev", **spec}}  # fmt: skip
+
+
+def defaulted(schema, obj):
+    return apply_defaults(obj, schema)
+
+
+@needs_cel
+def test_cel_accepts_the_example(schema):
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "ddp.yaml").read_text()))
+    jobs = [d for d in docs if d and d.get("kind") == "TrainingJob"]
+    assert jobs
+    for doc in jobs:
+        assert violations(schema, defaulted(schema, doc)) == []
+        parse_spec(doc["spec"])
+
+
+@needs_cel
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ({"replicas": 0}, "replicas must be at least 1"),
+        ({"backend": "mpi"}, "backend must be one of"),
+        ({"backend": "nccl"}, "backend nccl needs"),
+        ({"trainer": {"hiddenDims": []}}, "hiddenDims must be"),
+        ({"trainer": {"hiddenDims": [8, -1]}}, "hiddenDims must be"),
+        ({"trainer": {"dropout": 1.0}}, "dropout must be"),
+        ({"trainer": {"lr": 0}}, "lr must be positive"),
+        (
+            {"checkpoint": {"persistentVolumeClaim": {"claimName": "c"}, "emptyDir": {}}},
+            "only one of",
+        ),
+    ],
+)
+def test_cel_rejects_bad_specs(schema, spec, fragment):
+    found = violations(schema, defaulted(schema, job(**spec)))
+    assert any(fragment in v for v in found), found
+
+
+@needs_cel
+def test_cel_accepts_good_specs(schema):
+    good = job(
+        replicas=4,
+        backend="nccl",
+        resources={"limits": {"nvidia.com/gpu": 2}},
+        trainer={"hiddenDims": [64], "dropout": 0.0, "lr": 1},
+        checkpoint={"persistentVolumeClaim": {"claimName": "ckpt"}},
+    )
+    assert violations(schema, defaulted(schema, good)) == []
+
+
+@needs_cel
+@pytest.mark.parametrize("name", ["1abc", "a" * 51, "has.dot"])
+def test_cel_rejects_bad_names(schema, name):
+    assert any("metadata.name" in v for v in violations(schema, defaulted(schema, job(name))))
+
+
+@needs_cel
+def test_cel_immutability_and_mutable_run_policy(schema):
+    old = defaulted(schema, job(replicas=2))
+    grown = defaulted(schema, job(replicas=3))
+    assert any("replicas is immutable" in v for v in violations(schema, grown, old))
+    retrained = defaulted(schema, job(replicas=2, trainer={"epochs": 99}))
+    assert any("trainer settings are immutable" in v for v in violations(schema, retrained, old))
+    suspended = defaulted(schema, job(replicas=2, runPolicy={"suspend": True}))
+    assert violations(schema, suspended, old) == []
