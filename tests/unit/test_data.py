@@ -103,3 +103,21 @@ def test_user_file_with_target_column(tmp_path):
     bad = DataConfig(dataset="file", data_path=str(path), target="nope", cache_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="target column 'nope' not found"):
         prepare(bad, 0)
+
+
+def test_cgroup_cpu_limit_v2_and_v1(tmp_path):
+    from dmlt_trainer.dist import cgroup_cpu_limit
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2) == 1.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path / "v1") == 2.0
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path / "v1") is None

@@ -45,9 +45,35 @@ def resolve_backend(requested: str) -> str:
     return requested
 
 
-def default_threads(local_world_size: int) -> int:
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The container's CPU quota in cores (cgroup v2 or v1), or None when unlimited."""
+    try:
+        v2 = root / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        for v1 in (root / "cpu", root / "cpu,cpuacct"):
+            quota_file = v1 / "cpu.cfs_quota_us"
+            if quota_file.is_file():
+                quota = int(quota_file.read_text())
+                return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a container CPU limit."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, local_world_size))
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, max(1, int(limit)))
+    return cores
+
+
+def default_threads(local_world_size: int) -> int:
+    """Torch threads per rank: the cores shared out among this machine's local ranks."""
+    return max(1, available_cores() // max(1, local_world_size))
 
 
 def init_from_env(cfg: DistConfig) -> DistContext:

@@ -210,8 +210,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed * 1_000_003 + ctx.rank * 7919 + epoch)
         indices = shard_indices(len(self.y_train), ctx.rank, ctx.world_size, epoch, cfg.train.seed)
         indices = indices.to(self.x_train.device)
-        xs = self.x_train.index_select(0, indices)
-        ys = self.y_train.index_select(0, indices)
+        x_all, y_all = self.x_train, self.y_train
         model, loss_fn, optimizer, scheduler = self.wrapped, self.loss_fn, self.optimizer, self.scheduler
         params = list(self.model.parameters())
         clip = cfg.optim.grad_clip
@@ -222,9 +221,11 @@ class Trainer:
         seen = 0
         lr = scheduler.get_last_lr()[0]
         start = time.perf_counter()
-        bounds = batch_bounds(len(ys), cfg.train.batch_size)
+        bounds = batch_bounds(len(indices), cfg.train.batch_size)
         for lo, hi in bounds:
-            xb, yb = xs[lo:hi], ys[lo:hi]
+            # A gather per batch: no shuffled copy of the whole shard is ever held.
+            batch_idx = indices[lo:hi]
+            xb, yb = x_all.index_select(0, batch_idx), y_all.index_select(0, batch_idx)
             logits = model(xb)
             loss = loss_fn(logits, yb)
             optimizer.zero_grad(set_to_none=True)
