@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,36 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helm_binary import require_helm
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "dmlt"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
-
-
-def find_helm() -> str | None:
-    """$HELM, else PATH, else the newest build in the cluster tooling's cache."""
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
-    found = shutil.which("helm")
-    if found:
-        return found
-    cache = Path(os.environ.get("DMLT_CACHE_DIR", "/var/cache/dmlt")) / "helm"
-    builds = sorted(cache.glob("*/bin/helm"), key=lambda p: p.parts[-3])
-    return str(builds[-1]) if builds else None
-
-
-def require_helm() -> str:
-    helm = find_helm()
-    if helm is None:
-        if os.environ.get("DMLT_SKIP_HELM") == "1":
-            pytest.skip("helm not found and DMLT_SKIP_HELM=1")
-        pytest.fail(
-            "helm not found: set HELM, put helm on PATH, or build it with "
-            "`hack/cluster.sh tools` (DMLT_SKIP_HELM=1 skips the chart checks)"
-        )
-    return helm
 
 
 def helm(*args: str) -> subprocess.CompletedProcess:
@@ -117,6 +93,7 @@ def test_every_value_is_in_the_schema():
 
 def test_values_validate_against_the_schema():
     import jsonschema
+
     jsonschema.validate(VALUES, SCHEMA)
     bad = json.loads(json.dumps(VALUES))
     bad["operator"]["imagePullPolicy"] = "Always"  # a typo'd key must be rejected
