@@ -17,7 +17,6 @@
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HACK/.." && pwd)"
 LIB="$HACK/cluster"
 # shellcheck source=cluster/versions.env
 source "$LIB/versions.env"
@@ -92,7 +91,7 @@ start_proc() {
   local name="$1"; shift
   if pid_alive "$name"; then log "$name already running"; return; fi
   mkdir -p "$PIDS" "$LOGS"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name.pid"
   sleep 0.2
   pid_alive "$name" || { tail -n 20 "$LOGS/$name.log" >&2; die "$name exited at start, see $LOGS/$name.log"; }
@@ -116,7 +115,14 @@ stop_proc() {  # stop_proc NAME [GRACE_S]
 # ---------------------------------------------------------------------------------------------
 # prerequisites
 
-check_root() { [[ $EUID -eq 0 ]] || die "must run as root (try: sudo $0 $*)"; }
+check_root() { [[ $EUID -eq 0 ]] || die "must run as root (try: sudo $0 ${CMD:-up})"; }
+
+take_lock() {  # one up/down/images at a time (fd 9 stays open, and locked, until exit)
+  [[ -n "${LOCKED:-}" ]] && return
+  exec 9>"/run/dmlt-cluster.lock"
+  flock -w 5 9 || die "another 'hack/cluster.sh up/down/images' is running (lock /run/dmlt-cluster.lock)"
+  LOCKED=1
+}
 
 check_go() {
   command -v go >/dev/null || die "Go not found in /usr/local/go/bin: install Go >= 1.24 (https://go.dev/dl) to build Kubernetes from source"
@@ -523,7 +529,8 @@ start_tool_build() {  # background: Kubernetes + CoreDNS (the long pole), then h
     return
   fi
   log "building upstream binaries in the background (log: $CACHE/logs/build-tools.log)"
-  "$LIB/build-tools.sh" k8s coredns >"$CACHE/logs/build-tools.log" 2>&1 &
+  # (9>&-: background jobs must not inherit, and so hold, the up/down lock)
+  "$LIB/build-tools.sh" k8s coredns >"$CACHE/logs/build-tools.log" 2>&1 9>&- &
   BUILD_PID=$!
 }
 
@@ -550,6 +557,7 @@ load_images() {  # load_images WHAT...
 cmd_up() {
   local t0=$SECONDS
   check_root
+  take_lock
   check_go
   mkdir -p "$CACHE/logs"
   if pid_alive kube-apiserver && [[ -f "$KUBECONFIG_ADMIN" ]] && kctl get --raw /readyz >/dev/null 2>&1; then
@@ -576,7 +584,7 @@ cmd_up() {
   start_containerd
   load_images base pause
   log "building project images in the background (log: $CACHE/logs/images.log)"
-  load_images project >"$CACHE/logs/images.log" 2>&1 &
+  load_images project >"$CACHE/logs/images.log" 2>&1 9>&- &
   local images_pid=$!
   start_etcd
   wait_tool_build
@@ -592,10 +600,14 @@ cmd_up() {
     tail -n 20 "$CACHE/logs/images.log" >&2
     die "project image build failed, see $CACHE/logs/images.log (the cluster itself is up)"
   fi
-  # helm and kind are for the kind path only; build them last (cached after the first time)
-  "$LIB/build-tools.sh" helm kind >>"$CACHE/logs/build-tools.log" 2>&1 \
-    || log "WARNING: helm/kind build failed, see $CACHE/logs/build-tools.log"
   log "cluster up in $((SECONDS - t0)) s; export KUBECONFIG=$KUBECONFIG_ADMIN"
+  # helm and kind serve the kind path only: build them detached, after the cluster is up
+  # (once; cached), so they do not lengthen `up`. flock keeps two builds from racing.
+  if [[ ! -f "$CACHE/helm/$HELM_VERSION/.done" || ! -f "$CACHE/kind/$KIND_VERSION/.done" ]]; then
+    log "building helm $HELM_VERSION and kind $KIND_VERSION in the background (log: $CACHE/logs/build-helm-kind.log)"
+    setsid flock -n "$CACHE/.tools.lock" "$LIB/build-tools.sh" helm kind \
+      >>"$CACHE/logs/build-helm-kind.log" 2>&1 </dev/null 9>&- &
+  fi
 }
 
 iptables_cleanup() {  # remove every KUBE-*/CNI-* chain and the rules that jump to them
@@ -632,6 +644,7 @@ unmount_under() {  # unmount everything mounted below the given directories, dee
 cmd_down() {
   local t0=$SECONDS
   check_root
+  take_lock
   log "stopping the cluster"
   stop_proc kube-proxy 5
   stop_proc kube-scheduler 5
@@ -648,7 +661,7 @@ cmd_down() {
   stop_proc containerd 10
   # shims of our containerd (matched by our socket path, not by name)
   local pid
-  for pid in $(pgrep -f -- "-address $SOCK" 2>/dev/null || true); do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in $(pgrep -f -- "containerd-shim.* -address $SOCK" 2>/dev/null || true); do kill -KILL "$pid" 2>/dev/null || true; done
   stop_proc kube-apiserver 10
   stop_proc etcd 10
   if [[ -x "$BIN/kube-proxy" ]]; then
@@ -700,6 +713,7 @@ cmd_logs() {
 
 cmd_images() {
   check_root
+  take_lock
   if pid_alive containerd; then
     load_images project
   else
@@ -711,13 +725,14 @@ cmd_images() {
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
+  CMD="$cmd"
   case "$cmd" in
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
     images) cmd_images "$@" ;;
-    tools) check_go; "$LIB/build-tools.sh" all ;;
+    tools) check_go; mkdir -p "$CACHE"; flock "$CACHE/.tools.lock" "$LIB/build-tools.sh" all ;;
     logs) cmd_logs "$@" ;;
     kubectl) kctl "$@" ;;
     *)

@@ -37,17 +37,24 @@ hash_files() {  # hash_files DIR PATH... -> sha256 of (relative name + content) 
 load_archive() {
   local name="$1" ref="$2" hash="$3" archive="$4"
   [[ -n "$SOCK" ]] || return 0
-  local ctr=(ctr --address "$SOCK" -n k8s.io)
-  local full="$ref"
-  [[ "$ref" == */* ]] || full="docker.io/library/$ref"
-  [[ "${full%%/*}" == *.* || "${full%%/*}" == localhost ]] || full="docker.io/$ref"
+  local ctr=(ctr --address "$SOCK" -n k8s.io) full
+  full="$(normalize_ref "$ref")"
   if "${ctr[@]}" images ls "name==$full" 2>/dev/null | grep -q "dmlt.hash=$hash"; then
     log "$name: $full already in containerd ($hash)"
     return 0
   fi
   log "$name: importing $archive into containerd as $full"
-  "${ctr[@]}" images import --no-unpack=false "$archive" >/dev/null
-  "${ctr[@]}" images label "$full" "dmlt.hash=$hash" >/dev/null
+  "${ctr[@]}" images import "$archive" >/dev/null
+  "${ctr[@]}" images label "$full" "dmlt.hash=$hash" >/dev/null \
+    || die "$archive did not import as $full (ctr -n k8s.io images ls)"
+}
+
+# normalize_ref REF: the name containerd (and kubelet) use for an image reference
+normalize_ref() {
+  local ref="$1"
+  [[ "$ref" == */* ]] || ref="library/$ref"
+  [[ "${ref%%/*}" == *.* || "${ref%%/*}" == *:* || "${ref%%/*}" == localhost ]] || ref="docker.io/$ref"
+  echo "$ref"
 }
 
 # commit_archive CTR REF ARCHIVE: commit a working container and write a docker-archive tarball
@@ -132,13 +139,21 @@ build_coredns() {
 }
 
 # The project images are big (torch): no archive is kept. The buildah image carries the
-# content hash as a label (built?), containerd's copy too (loaded?); a temporary archive
+# content hash as a label (built?), containerd's copy too (loaded?); a docker-archive stream
 # carries it from one to the other.
 build_project() {
   [[ -n "${BASE_HASH:-}" ]] || build_base
   local target key ref src_hash
   src_hash="$(hash_files "$REPO" Dockerfile .dockerignore pyproject.toml README.md LICENSE \
     trainer_image/dmlt_trainer operator/dmlt_operator)"
+  # When the dependency layers' inputs change, drop the untagged images of earlier builds
+  # (buildah's layer cache): each holds a multi-GB torch layer. Source-only changes keep them.
+  local deps_key
+  deps_key="$(printf '%s %s' "$(hash_files "$REPO" Dockerfile pyproject.toml)" "$BASE_HASH" | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$CACHE/buildah/deps.key" 2>/dev/null)" != "$deps_key" ]]; then
+    "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
+    echo "$deps_key" >"$CACHE/buildah/deps.key"
+  fi
   for target in ${DMLT_IMAGE_TARGETS:-operator trainer}; do
     ref="dmlt-$target:$TAG"
     key="$(printf '%s %s %s' "$src_hash" "$BASE_HASH" "$target" | sha256sum | cut -c1-16)"
@@ -158,17 +173,26 @@ build_project() {
       log "$target: built in $((SECONDS - t0)) s ($("${BUILDAH[@]}" images --format '{{.Size}}' "localhost/$ref"))"
     fi
     [[ -n "$SOCK" ]] || continue
-    if ctr --address "$SOCK" -n k8s.io images ls "name==docker.io/library/$ref" 2>/dev/null | grep -q "dmlt.hash=$key"; then
-      log "$target: docker.io/library/$ref already in containerd ($key)"
+    if ctr --address "$SOCK" -n k8s.io images ls "name==$(normalize_ref "$ref")" 2>/dev/null | grep -q "dmlt.hash=$key"; then
+      log "$target: $(normalize_ref "$ref") already in containerd ($key)"
       continue
     fi
-    local archive="$CACHE/images/dmlt-$target-$key.tar"
-    if [[ ! -f "$archive" ]]; then
-      "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:$archive.tmp:$ref"
-      mv "$archive.tmp" "$archive"
-    fi
-    load_archive "$target" "$ref" "$key" "$archive"
-    rm -f "$archive"
+    # Stream the image straight into containerd (no archive on disk: for the trainer that is
+    # ~6 GB less to write). buildah's archive also names the image localhost/NAME; drop that.
+    local full t0=$SECONDS
+    full="$(normalize_ref "$ref")"
+    log "$target: loading into containerd as $full"
+    "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:/dev/stdout:$full" \
+      | ctr --address "$SOCK" -n k8s.io images import - >/dev/null \
+      || die "loading $ref into containerd failed"
+    ctr --address "$SOCK" -n k8s.io images label "$full" "dmlt.hash=$key" >/dev/null \
+      || die "$ref did not load as $full (ctr -n k8s.io images ls)"
+    # (removing a name also runs containerd's garbage collection: --sync waits for it, so the
+    # layers of the image version this one replaced are freed now, not at some later GC)
+    ctr --address "$SOCK" -n k8s.io images rm --sync "localhost/$ref" >/dev/null 2>&1 || true
+    log "$target: loaded in $((SECONDS - t0)) s"
+    # archives of older versions of this script
+    rm -f "$CACHE/images/dmlt-$target-"*.tar
   done
 }
 

@@ -108,9 +108,7 @@ def namespace(core_v1: client.CoreV1Api, request: pytest.FixtureRequest) -> Iter
             raise
 
 
-def wait_for_default_service_account(
-    core_v1: client.CoreV1Api, ns: str, timeout: float = 60
-) -> None:
+def wait_for_default_service_account(core_v1: client.CoreV1Api, ns: str, timeout: float = 60) -> None:
     """Pods are rejected until the controller-manager has made the namespace's default SA."""
     deadline = time.monotonic() + timeout
     while True:
@@ -157,9 +155,7 @@ def wait_for_pod(
     while time.monotonic() < deadline:
         pod = core_v1.read_namespaced_pod(name, ns)
         status = pod.status
-        if ready and any(
-            c.type == "Ready" and c.status == "True" for c in (status.conditions or [])
-        ):
+        if ready and any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])):
             return PodResult(status.phase, "")
         if status.phase in until:
             return PodResult(status.phase, pod_logs(core_v1, name, ns))

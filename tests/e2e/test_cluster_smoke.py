@@ -71,9 +71,7 @@ HTTP_CLIENT_SCRIPT = textwrap.dedent(
 )
 
 
-def _python_container(
-    image: str, name: str, script: str, env: dict[str, str]
-) -> client.V1Container:
+def _python_container(image: str, name: str, script: str, env: dict[str, str]) -> client.V1Container:
     return client.V1Container(
         name=name,
         image=image,
