@@ -573,6 +573,8 @@ class Dmlt:
             except ApiException as exc:
                 if exc.status != 404:
                     problems.append(f"deleting PersistentVolume {pv}: {exc.status} {exc.reason}")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"deleting PersistentVolume {pv}: {exc}")
         return problems
 
 
@@ -905,10 +907,10 @@ def describe_pod(core: client.CoreV1Api, ns: str, name: str) -> str:
 def describe_namespace_pods(core: client.CoreV1Api, ns: str) -> str:
     try:
         pods = core.list_namespaced_pod(ns).items
-    except ApiException as exc:
-        return f"<cannot list Pods in {ns}: {exc.status}>"
-    lines = [describe_pod(core, ns, p.metadata.name) for p in pods]
-    events = core.list_namespaced_event(ns).items
+        lines = [describe_pod(core, ns, p.metadata.name) for p in pods]
+        events = core.list_namespaced_event(ns).items
+    except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the failure they explain
+        return f"<cannot describe the Pods in {ns}: {exc}>"
     events.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
     lines += [
         f"event {e.type} {e.reason} {e.involved_object.kind}/{e.involved_object.name}: {e.message}"
