@@ -308,11 +308,9 @@ class Trainer:
                 if (epoch + 1) % cfg.train.eval_every == 0 or last:
                     eval_start = time.perf_counter()
                     val, _ = self.evaluate("val")
-                    metrics.update(
-                        {f"val_{k}": v for k, v in val.items() if k not in ("tp", "fp", "tn", "fn")}
-                    )
+                    skip = ("tp", "fp", "tn", "fn", "log_loss")  # log loss is logged as val_loss
+                    metrics.update({f"val_{k}": v for k, v in val.items() if k not in skip})
                     metrics["val_loss"] = val["log_loss"]
-                    metrics.pop("val_log_loss", None)
                     metrics["eval_time_s"] = time.perf_counter() - eval_start
                     metrics["generalization_gap"] = metrics["val_loss"] - metrics["train_loss"]
                     is_best = val["auc"] > self.best_val_auc
