@@ -15,9 +15,14 @@ suites=(tests/unit tests/integration)
 if [ "${DMLT_E2E:-1}" = 1 ]; then
   if [ -z "${KUBECONFIG:-}" ]; then
     trap 'bash hack/cluster.sh down || echo "test: cluster teardown failed" >&2' EXIT
+    # One clean retry: a component left over from an earlier run can make the first start fail.
     if ! bash hack/cluster.sh up; then
-      echo "test: the local cluster did not come up (logs: bash hack/cluster.sh logs)" >&2
-      exit 1
+      echo "test: the local cluster did not come up; tearing down and trying once more" >&2
+      bash hack/cluster.sh down || true
+      if ! bash hack/cluster.sh up; then
+        echo "test: the local cluster did not come up (logs: bash hack/cluster.sh logs)" >&2
+        exit 1
+      fi
     fi
     KUBECONFIG="$(bash hack/cluster.sh kubeconfig)"
     export KUBECONFIG
