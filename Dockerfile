@@ -9,9 +9,19 @@
 # pip may need a CA bundle (TLS-intercepting proxies): pass it as the build secret `ca`
 # (buildah bud --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt, or
 # docker buildx build --secret id=ca,src=...). It is mounted for single RUN steps only and
-# never stored in a layer. hack/cluster/images.sh also mounts a pip download cache at
-# /root/.cache/pip for the RUN steps (buildah bud -v), outside the image.
+# never stored in a layer. hack/cluster/images.sh also mounts a folder of wheels it downloaded
+# on the host at /wheels for the RUN steps (buildah bud -v), outside the image: pip takes
+# what it finds there and downloads only the rest.
 ARG BASE_IMAGE=python:3.11-slim
+
+# The requirement lists alone, in their own stage: the dependency layers below are keyed on
+# their content (COPY --from), so editing pyproject.toml's other parts rebuilds nothing heavy.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN mkdir /req && python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+extra = p.get('optional-dependencies', {}); \
+open('/req/trainer.txt', 'w').write('\n'.join(p['dependencies'] + extra.get('postgres', [])) + '\n'); \
+open('/req/operator.txt', 'w').write('\n'.join(extra.get('operator', [])) + '\n')"
 
 FROM ${BASE_IMAGE} AS base
 ENV PYTHONUNBUFFERED=1 \
@@ -22,34 +32,32 @@ ENV PYTHONUNBUFFERED=1 \
 RUN python3 -m venv /opt/venv \
  && groupadd --gid 10001 dmlt \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/dmlt --shell /usr/sbin/nologin dmlt
-# Only pyproject.toml first: the dependency layers below are rebuilt when it changes, not when
-# the sources do.
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-open('/tmp/req-trainer.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); \
-open('/tmp/req-operator.txt', 'w').write('\n'.join(p.get('optional-dependencies', {}).get('operator', [])) + '\n')"
 
 FROM base AS operator
+COPY --from=requirements /req/operator.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    pip install "setuptools>=69" wheel -r /tmp/req-operator.txt
+    if [ -d /wheels ]; then export PIP_FIND_LINKS=/wheels; fi; \
+    pip install "setuptools>=69" wheel -r /tmp/requirements.txt
 COPY . /tmp/src
 # --no-deps: the project's base dependencies (torch, mlflow, ...) stay out of this image.
 RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
  && pip install --no-deps --no-build-isolation --no-cache-dir /tmp/src \
- && rm -rf /tmp/src /tmp/req-*.txt /tmp/pyproject.toml
+ && rm -rf /tmp/src /tmp/requirements.txt
 USER 10001:10001
 WORKDIR /home/dmlt
 CMD ["dmlt-operator"]
 
 FROM base AS trainer
+COPY --from=requirements /req/trainer.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    pip install "setuptools>=69" wheel -r /tmp/req-trainer.txt
+    if [ -d /wheels ]; then export PIP_FIND_LINKS=/wheels; fi; \
+    pip install "setuptools>=69" wheel -r /tmp/requirements.txt
 COPY . /tmp/src
 RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
  && pip install --no-deps --no-build-isolation --no-cache-dir /tmp/src \
- && rm -rf /tmp/src /tmp/req-*.txt /tmp/pyproject.toml
+ && rm -rf /tmp/src /tmp/requirements.txt
 USER 10001:10001
 WORKDIR /home/dmlt
 CMD ["dmlt-train"]

@@ -18,10 +18,10 @@ TAG="${DMLT_IMAGE_TAG:-dev}"
 CA_BUNDLE="${DMLT_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 DEBIAN_MIRROR="${DMLT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE_IMAGE_REF="localhost/dmlt-base:bookworm"
-# buildah keeps its storage, and pip its download cache, under the cache dir.
+# buildah keeps its storage, and the host-downloaded wheels, under the cache dir.
 BUILDAH=(buildah --root "$CACHE/buildah/storage" --runroot /run/dmlt-buildah --storage-driver overlay)
 export TMPDIR="$CACHE/buildah/tmp"
-mkdir -p "$CACHE/images" "$CACHE/pip" "$TMPDIR"
+mkdir -p "$CACHE/images" "$CACHE/build" "$TMPDIR"
 
 log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -146,13 +146,37 @@ build_project() {
   local target key ref src_hash
   src_hash="$(hash_files "$REPO" Dockerfile .dockerignore pyproject.toml README.md LICENSE \
     trainer_image/dmlt_trainer operator/dmlt_operator)"
-  # When the dependency layers' inputs change, drop the untagged images of earlier builds
-  # (buildah's layer cache): each holds a multi-GB torch layer. Source-only changes keep them.
+  # The requirement lists, as the Dockerfile's `requirements` stage writes them.
+  local reqs="$CACHE/build/requirements"
+  mkdir -p "$reqs"
+  python3 - "$REPO/pyproject.toml" "$reqs" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+extra = project.get("optional-dependencies", {})
+lists = {"trainer": project["dependencies"] + extra.get("postgres", []), "operator": extra.get("operator", [])}
+for name, reqs in lists.items():
+    open(f"{sys.argv[2]}/{name}.txt", "w").write("\n".join(reqs) + "\n")
+PY
+  # When the requirements change, drop the untagged images of earlier builds (buildah's layer
+  # cache): each holds a multi-GB torch layer. Source-only changes keep them.
   local deps_key
-  deps_key="$(printf '%s %s' "$(hash_files "$REPO" Dockerfile pyproject.toml)" "$BASE_HASH" | sha256sum | cut -c1-16)"
+  deps_key="$(printf '%s %s' "$(hash_files "$reqs" trainer.txt operator.txt)" "$BASE_HASH" | sha256sum | cut -c1-16)"
   if [[ "$(cat "$CACHE/buildah/deps.key" 2>/dev/null)" != "$deps_key" ]]; then
     "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
     echo "$deps_key" >"$CACHE/buildah/deps.key"
+  fi
+  # Wheels come from a host-side folder that only ever grows (pip download skips what is
+  # there): a changed requirement downloads the difference, not torch's 3.5 GB again.
+  local wheels="$CACHE/wheels" pip="$REPO/.venv/bin/pip"
+  mkdir -p "$wheels"
+  if [[ -x "$pip" && ! -f "$wheels/.done-$deps_key" ]]; then
+    log "wheels: downloading what is missing into $wheels"
+    if "$pip" download --quiet -d "$wheels" -r "$reqs/trainer.txt" -r "$reqs/operator.txt" \
+        "setuptools>=69" wheel > "$CACHE/logs/wheels.log" 2>&1; then
+      touch "$wheels/.done-$deps_key"
+    else
+      log "wheels: pip download failed (see $CACHE/logs/wheels.log); the build downloads instead"
+    fi
   fi
   for target in ${DMLT_IMAGE_TARGETS:-operator trainer}; do
     ref="dmlt-$target:$TAG"
@@ -164,7 +188,7 @@ build_project() {
       [[ -s "$CA_BUNDLE" ]] || die "CA bundle $CA_BUNDLE missing (pip needs it); set DMLT_CA_BUNDLE"
       if ! "${BUILDAH[@]}" bud --layers --pull=never --network host --target "$target" \
           --build-arg "BASE_IMAGE=$BASE_IMAGE_REF" --secret "id=ca,src=$CA_BUNDLE" \
-          -v "$CACHE/pip:/root/.cache/pip" \
+          -v "$wheels:/wheels:ro" \
           --label "dmlt.hash=$key" -t "$ref" -f "$REPO/Dockerfile" "$REPO" \
           > "$CACHE/logs/build-$target.log" 2>&1; then
         tail -n 30 "$CACHE/logs/build-$target.log" >&2
