@@ -10,8 +10,8 @@
 # (buildah bud --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt, or
 # docker buildx build --secret id=ca,src=...). It is mounted for single RUN steps only and
 # never stored in a layer. hack/cluster/images.sh also mounts a folder of wheels it downloaded
-# on the host at /wheels for the RUN steps (buildah bud -v), outside the image: pip takes
-# what it finds there and downloads only the rest.
+# on the host at /wheels for the RUN steps (buildah bud -v), outside the image: when it holds
+# every requirement pip installs offline from it, otherwise it downloads as usual.
 ARG BASE_IMAGE=python:3.11-slim
 
 # The requirement lists alone, in their own stage: the dependency layers below are keyed on
@@ -37,8 +37,8 @@ FROM base AS operator
 COPY --from=requirements /req/operator.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    if [ -d /wheels ]; then export PIP_FIND_LINKS=/wheels; fi; \
-    pip install "setuptools>=69" wheel -r /tmp/requirements.txt
+    pip install --no-index --find-links /wheels "setuptools>=69" wheel -r /tmp/requirements.txt \
+    || pip install "setuptools>=69" wheel -r /tmp/requirements.txt
 COPY . /tmp/src
 # --no-deps: the project's base dependencies (torch, mlflow, ...) stay out of this image.
 RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
@@ -52,8 +52,8 @@ FROM base AS trainer
 COPY --from=requirements /req/trainer.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    if [ -d /wheels ]; then export PIP_FIND_LINKS=/wheels; fi; \
-    pip install "setuptools>=69" wheel -r /tmp/requirements.txt
+    pip install --no-index --find-links /wheels "setuptools>=69" wheel -r /tmp/requirements.txt \
+    || pip install "setuptools>=69" wheel -r /tmp/requirements.txt
 COPY . /tmp/src
 RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
  && pip install --no-deps --no-build-isolation --no-cache-dir /tmp/src \
