@@ -4,7 +4,8 @@
 # inputs: an archive $CACHE/images/<name>-<hash>.tar that exists is not rebuilt, and an image
 # whose containerd label dmlt.hash matches is not re-imported.
 #
-# Usage: images.sh [base|pause|coredns|project|all]...   (default: all)
+# Usage: images.sh [base|pause|coredns|postgres|project|all]...   (default: all)
+#        (project: the chart's images, operator + trainer from the root Dockerfile and postgres)
 # Env:   DMLT_CACHE_DIR, DMLT_CONTAINERD_SOCK (where to load; unset: build only),
 #        DMLT_IMAGE_TAG (default dev), DMLT_IMAGE_TARGETS (default "operator trainer").
 set -euo pipefail
@@ -220,8 +221,47 @@ PY
   done
 }
 
+# PostgreSQL (the chart's Optuna storage) from Debian's package on the same base, from
+# hack/postgres/. Cached like the project images: a dmlt.hash label on the buildah image
+# (built?) and on containerd's copy (loaded?); no archive is kept.
+build_postgres() {
+  [[ -n "${BASE_HASH:-}" ]] || build_base
+  local ref="dmlt-postgres:$TAG" key full t0
+  key="$(printf '%s %s postgres' "$(hash_files "$REPO/hack/postgres" Dockerfile docker-entrypoint.sh)" \
+    "$BASE_HASH" | sha256sum | cut -c1-16)"
+  if ! "${BUILDAH[@]}" inspect --type image --format '{{.Docker.Config.Labels}}' \
+      "localhost/$ref" 2>/dev/null | grep -q "dmlt.hash:$key"; then
+    log "postgres: buildah bud hack/postgres (log: $CACHE/logs/build-postgres.log)"
+    t0=$SECONDS
+    local secret=()
+    [[ -s "$CA_BUNDLE" ]] && secret=(--secret "id=ca,src=$CA_BUNDLE")
+    if ! "${BUILDAH[@]}" bud --pull=never --network host --build-arg "BASE_IMAGE=$BASE_IMAGE_REF" \
+        "${secret[@]}" --label "dmlt.hash=$key" -t "$ref" -f "$REPO/hack/postgres/Dockerfile" \
+        "$REPO/hack/postgres" > "$CACHE/logs/build-postgres.log" 2>&1; then
+      tail -n 30 "$CACHE/logs/build-postgres.log" >&2
+      die "image build for postgres failed, see $CACHE/logs/build-postgres.log"
+    fi
+    log "postgres: built in $((SECONDS - t0)) s ($("${BUILDAH[@]}" images --format '{{.Size}}' "localhost/$ref"))"
+  fi
+  [[ -n "$SOCK" ]] || return 0
+  full="$(normalize_ref "$ref")"
+  if ctr --address "$SOCK" -n k8s.io images ls "name==$full" 2>/dev/null | grep -q "dmlt.hash=$key"; then
+    log "postgres: $full already in containerd ($key)"
+    return 0
+  fi
+  log "postgres: loading into containerd as $full"
+  "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:/dev/stdout:$full" \
+    | ctr --address "$SOCK" -n k8s.io images import - >/dev/null \
+    || die "loading $ref into containerd failed"
+  ctr --address "$SOCK" -n k8s.io images label "$full" "dmlt.hash=$key" >/dev/null \
+    || die "$ref did not load as $full (ctr -n k8s.io images ls)"
+}
+
 mkdir -p "$CACHE/logs"
 command -v buildah >/dev/null || die "buildah missing: apt-get install buildah (hack/cluster.sh up installs it)"
+# An interrupted build leaves its working container behind, a multi-GB writable layer each.
+"${BUILDAH[@]}" rm --all >/dev/null 2>&1 || true
+rm -rf "$TMPDIR"/storage* 2>/dev/null || true
 targets=("$@")
 [[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(base pause coredns project)
 for t in "${targets[@]}"; do
@@ -229,7 +269,8 @@ for t in "${targets[@]}"; do
     base) build_base ;;
     pause) build_pause ;;
     coredns) build_coredns ;;
-    project) build_project ;;
+    postgres) build_postgres ;;
+    project) build_project; build_postgres ;;
     *) die "unknown image target: $t" ;;
   esac
 done
