@@ -32,4 +32,23 @@ if [ "${DMLT_SKIP_TOOLS:-0}" != 1 ]; then
     [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   fi
 fi
+# PostgreSQL server binaries for the Optuna-storage integration tests (tests/postgres_server.py
+# starts a throwaway server from them, as a non-root user). Debian's package; nothing is started.
+# DMLT_SKIP_POSTGRES=1 skips this.
+if [ "${DMLT_SKIP_POSTGRES:-0}" != 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: PostgreSQL is missing; tests/integration/test_trial_postgres.py needs it:" \
+      "install Debian's postgresql (as root: apt-get install postgresql)" >&2
+  else
+    apt-get update -qq
+    # No init system here: keep the package from starting (or trying to start) its cluster.
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  fi
+fi
 echo "setup: ready. Activate with: source .venv/bin/activate"

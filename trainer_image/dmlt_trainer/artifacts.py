@@ -54,7 +54,7 @@ def log_run_artifacts(
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="dmlt-artifacts-") as tmp:
         out = Path(tmp)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.redacted_dict(), sort_keys=False))
         m = result.test_metrics
         confusion = {"tn": m["tn"], "fp": m["fp"], "fn": m["fn"], "tp": m["tp"]}
         (out / "confusion_matrix.json").write_text(json.dumps(confusion, indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,8 +23,32 @@ MODES = ("single", "ddp", "hp_search", "benchmark")
 DATASETS = ("synthetic", "synthetic_large", "breast_cancer", "covertype", "file")
 BACKENDS = ("auto", "gloo", "nccl")
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "hyperband", "none")
 HP_ENGINES = ("optuna", "ray")
+DIRECTIONS = ("maximize", "minimize")
+# What the Trainer logs on every evaluated epoch (train.Trainer.fit): the names an objective may
+# take. tests/unit/test_trial_reporting.py checks this list against a real epoch.
+EPOCH_METRICS = (
+    "val_auc",
+    "val_pr_auc",
+    "val_f1",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_specificity",
+    "val_mcc",
+    "val_brier",
+    "val_loss",
+    "best_val_auc",
+    "train_loss",
+    "train_accuracy",
+    "generalization_gap",
+    "grad_norm",
+    "lr",
+    "epoch_time_s",
+    "eval_time_s",
+    "samples_per_sec",
+)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -183,6 +208,8 @@ class TrackingConfig:
     """Log the final model (with signature) as an artifact."""
     enabled: bool = True
     """Turn MLflow tracking off entirely (benchmarks of the raw loop)."""
+    parent_run_id: str | None = None
+    """MLflow run this run nests under (tag mlflow.parentRunId): a study's run for its trials."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -194,11 +221,27 @@ class HPOConfig:
     sampler: str = "tpe"
     """Optuna sampler: tpe, random or grid."""
     pruner: str = "median"
-    """Optuna pruner on per-epoch val AUC: median or none."""
+    """Optuna pruner on the per-epoch objective: median, hyperband or none."""
+    pruner_startup_trials: int = 3
+    """median: trials that must complete before any trial is pruned."""
+    pruner_warmup_steps: int = 1
+    """median: epochs a trial runs before it may be pruned."""
+    pruner_min_resource: int = 1
+    """hyperband: epochs every trial runs before its first rung."""
+    pruner_reduction_factor: int = 3
+    """hyperband: 1 in this many trials goes on at each rung."""
+    objective: str = "val_auc"
+    """The per-epoch metric a study optimizes (any name in EPOCH_METRICS); its best value is the result."""
+    direction: str = "maximize"
+    """Whether the objective is maximized or minimized."""
     storage: str | None = None
-    """Optuna RDB storage URL; default a local SQLite file (optuna.db)."""
+    """Optuna RDB storage URL. hp_search default: a local SQLite file (optuna.db); a trial run
+    (trial_number set) reads env DMLT_OPTUNA_STORAGE when this is unset."""
     study_name: str | None = None
     """Study name; an existing study of that name is resumed. Default: the run name."""
+    trial_number: int | None = None
+    """Run as this trial (already asked, RUNNING) of the existing study study_name: report the
+    objective per epoch, stop when pruned, leave the outcome in the trial's user attrs."""
     parallel_trials: int = 1
     """Trials run at once."""
     trial_epochs: int | None = None
@@ -214,6 +257,24 @@ class HPOConfig:
         _choice("hp_engine", self.hp_engine, HP_ENGINES)
         _choice("sampler", self.sampler, SAMPLERS)
         _choice("pruner", self.pruner, PRUNERS)
+        if self.objective not in EPOCH_METRICS:
+            raise ConfigError(
+                f"objective {self.objective!r} is not a metric the trainer logs per epoch; "
+                f"available: {', '.join(EPOCH_METRICS)}"
+            )
+        _choice("direction", self.direction, DIRECTIONS)
+        if self.hp_engine == "ray" and (self.objective, self.direction) != ("val_auc", "maximize"):
+            raise ConfigError("the ray engine optimizes val_auc (maximize) only; use hp_engine optuna")
+        for name in ("pruner_startup_trials", "pruner_warmup_steps"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        _positive("pruner_min_resource", self.pruner_min_resource)
+        if self.pruner_reduction_factor < 2:
+            raise ConfigError(f"pruner_reduction_factor must be >= 2; got {self.pruner_reduction_factor!r}")
+        if self.trial_number is not None:
+            if self.trial_number < 0:
+                raise ConfigError(f"trial_number must be >= 0; got {self.trial_number!r}")
+            if not self.study_name:
+                raise ConfigError("trial_number needs --study-name: the study the trial belongs to")
         if self.parallel_trials < 1:
             raise ConfigError(f"parallel_trials must be >= 1; got {self.parallel_trials!r}")
         _positive("cpus_per_trial", self.cpus_per_trial)
@@ -260,14 +321,24 @@ class RunConfig:
         _choice("mode", self.mode, MODES)
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"run_name must be non-empty without '/'; got {self.run_name!r}")
+        if self.hpo.trial_number is not None and self.mode not in ("single", "ddp"):
+            raise ConfigError(f"trial_number is for modes single and ddp; got mode {self.mode}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def redacted_dict(self) -> dict[str, Any]:
+        """to_dict with passwords in URLs masked: what may be logged and shown."""
+        values = self.to_dict()
+        for section, name in SECRET_URL_FIELDS:
+            if values[section][name]:
+                values[section][name] = redact_url(values[section][name])
+        return values
+
     def flat_params(self) -> dict[str, Any]:
-        """Every field as `section.field` -> value (MLflow params)."""
+        """Every field as `section.field` -> value (MLflow params), passwords masked."""
         flat: dict[str, Any] = {}
-        for key, value in self.to_dict().items():
+        for key, value in self.redacted_dict().items():
             if isinstance(value, dict):
                 for sub, subval in value.items():
                     flat[f"{key}.{sub}"] = subval
@@ -277,6 +348,13 @@ class RunConfig:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name not in ("mode", "run_name")}
+# URLs that may carry a password (postgresql://user:secret@host/db): masked in logged params.
+SECRET_URL_FIELDS = (("hpo", "storage"), ("tracking", "tracking_uri"))
+
+
+def redact_url(url: str) -> str:
+    """'scheme://user:secret@host/db' -> 'scheme://user:***@host/db'; other text unchanged."""
+    return re.sub(r"^([A-Za-z][\w+.-]*://[^:/@]*):[^/]*@", r"\1:***@", url)
 
 
 def parse_hidden_dims(text: str | list[int] | tuple[int, ...]) -> list[int]:

@@ -1,4 +1,5 @@
-"""Hyper-parameter search with Optuna: RDB storage, resumable studies, median pruning.
+"""Hyper-parameter search with Optuna: RDB storage, resumable studies, pruning on the
+per-epoch objective (hpo.objective, hpo.direction; median or hyperband pruner).
 
 Every trial trains in this process on the shared prepared data and is an MLflow child
 run of one parent run per study.
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmlt_trainer.config import RunConfig, replace
+from dmlt_trainer.config import RunConfig, redact_url, replace
 from dmlt_trainer.data import PreparedData, prepare
 from dmlt_trainer.dist import DistContext, default_threads
 from dmlt_trainer.tracking import make_tracker
 from dmlt_trainer.train import FitResult, Trainer
+from dmlt_trainer.trial import best_value, make_pruner, objective_value
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -54,14 +56,6 @@ def make_sampler(name: str, seed: int):
     if name == "grid":
         return optuna.samplers.GridSampler(GRID_SPACE, seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
-
-
-def make_pruner(name: str):
-    import optuna
-
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
 
 
 def trial_config(base: RunConfig, study_name: str, number: int, params: dict[str, Any]) -> RunConfig:
@@ -112,8 +106,8 @@ def run_search(cfg: RunConfig, data: PreparedData | None = None) -> SearchOutcom
         study_name=study_name,
         storage=storage,
         sampler=make_sampler(hpo.sampler, cfg.train.seed),
-        pruner=make_pruner(hpo.pruner),
-        direction="maximize",
+        pruner=make_pruner(hpo, hpo.trial_epochs or cfg.train.epochs),
+        direction=hpo.direction,
         load_if_exists=True,
     )
     data = data or prepare(cfg.data, cfg.train.seed)
@@ -133,7 +127,7 @@ def run_search(cfg: RunConfig, data: PreparedData | None = None) -> SearchOutcom
         tcfg = trial_config(cfg, study_name, trial.number, params)
 
         def report(epoch: int, metrics: dict[str, float]) -> bool:
-            trial.report(metrics["val_auc"], epoch)
+            trial.report(objective_value(metrics, hpo.objective), epoch)
             return trial.should_prune()
 
         child = make_tracker(tcfg.tracking, True)
@@ -151,7 +145,10 @@ def run_search(cfg: RunConfig, data: PreparedData | None = None) -> SearchOutcom
         trial.set_user_attr("epochs_run", result.epochs_run)
         if result.status == "pruned":
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
-        return result.best_val_auc
+        value = best_value(result.history, hpo.objective, hpo.direction)
+        if value is None:
+            raise ValueError(f"trial {trial.number}: {hpo.objective} was never finite")
+        return value
 
     remaining = max(0, hpo.hp_trials - _finished_count(study))
     if remaining:
@@ -163,7 +160,7 @@ def run_search(cfg: RunConfig, data: PreparedData | None = None) -> SearchOutcom
             catch=(RuntimeError, ValueError),
             gc_after_trial=False,
         )
-    outcome = summarize(study, storage, parent_run_id)
+    outcome = summarize(study, redact_url(storage), parent_run_id)
     save_outcome(cfg, outcome, tracker)
     tracker.finish("FINISHED")
     return outcome
@@ -197,6 +194,8 @@ def save_outcome(cfg: RunConfig, outcome: SearchOutcome, tracker) -> None:
         "engine": outcome.engine,
         "study": outcome.study_name,
         "best_trial": outcome.best_trial,
+        "objective": cfg.hpo.objective,
+        "direction": cfg.hpo.direction,
         "best_value": outcome.best_value,
         "best_params": outcome.best_params,
         "best_epochs_run": outcome.best_epochs_run,
@@ -204,7 +203,11 @@ def save_outcome(cfg: RunConfig, outcome: SearchOutcome, tracker) -> None:
     }
     path.write_text(json.dumps(payload, indent=2))
     tracker.log_metrics(
-        {"best_val_auc": outcome.best_value, "n_pruned": outcome.n_pruned, "n_complete": outcome.n_complete},
+        {
+            f"best_{cfg.hpo.objective.removeprefix('best_')}": outcome.best_value,
+            "n_pruned": outcome.n_pruned,
+            "n_complete": outcome.n_complete,
+        },
         step=0,
     )
     tracker.set_tags({f"best.{k}": v for k, v in outcome.best_params.items()})

@@ -28,9 +28,17 @@ def run_training(cfg: RunConfig, announce: bool = True) -> FitResult:
     ctx = init_from_env(cfg.dist)
     try:
         torch.set_num_threads(cfg.train.threads or default_threads(ctx.local_world_size))
+        reporter = None
+        if cfg.hpo.trial_number is not None:  # this run is a trial of a study: fail early if it can't be
+            from dmlt_trainer.trial import attach_trial
+
+            reporter = attach_trial(cfg, ctx.is_main)
         data = prepare(cfg.data, cfg.train.seed)
         tracker = make_tracker(cfg.tracking, ctx.is_main)
-        result = Trainer(cfg, ctx, data, tracker).fit()
+        callback = reporter.on_epoch if reporter is not None else None
+        result = Trainer(cfg, ctx, data, tracker, epoch_callback=callback).fit()
+        if reporter is not None and ctx.is_main:
+            reporter.finish(result)  # before "finished": the operator reads it once the job ends
         if ctx.is_main and cfg.train.result_file:
             write_result(result, cfg.train.result_file, world_size=ctx.world_size)
         if announce and not os.isatty(1):

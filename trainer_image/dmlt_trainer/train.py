@@ -25,7 +25,8 @@ from dmlt_trainer.tracking import NullTracker
 
 EVAL_BATCH = 8192
 # Called after each evaluated epoch with (epoch, metrics); return True to stop the run early
-# (pruning). Every rank calls it, so it must decide the same way on all of them.
+# (pruning). Every rank passes one (or none), but only rank 0's is called: its answer, or its
+# failure, is broadcast, so all ranks stop at the same epoch and only rank 0 talks to a study.
 EpochCallback = Callable[[int, dict[str, float]], bool]
 
 
@@ -42,6 +43,7 @@ class FitResult:
     time_to_target_s: float | None = None
     mlflow_run_id: str | None = None
     weights_sha256: str = ""
+    model_uri: str | None = None  # the logged model (rank 0, when tracking logs it)
 
 
 def seed_everything(seed: int) -> None:
@@ -75,7 +77,7 @@ class Trainer:
         self.data = data
         self.tracker = tracker or NullTracker()
         self.epoch_callback = epoch_callback
-        self.parent_run_id = parent_run_id
+        self.parent_run_id = parent_run_id or cfg.tracking.parent_run_id
         self.show_progress = show_progress
         train = cfg.train
         torch.use_deterministic_algorithms(train.deterministic, warn_only=True)
@@ -274,11 +276,11 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         resumed = self._restore()
         if ctx.is_main:
+            tags = {"dmlt.mode": cfg.mode, "dmlt.world_size": str(ctx.world_size)}
+            if cfg.hpo.trial_number is not None:
+                tags |= {"dmlt.study": str(cfg.hpo.study_name), "dmlt.trial": str(cfg.hpo.trial_number)}
             self.mlflow_run_id = self.tracker.start(
-                cfg.run_name,
-                run_id=self.mlflow_run_id,
-                parent_run_id=self.parent_run_id,
-                tags={"dmlt.mode": cfg.mode, "dmlt.world_size": str(ctx.world_size)},
+                cfg.run_name, run_id=self.mlflow_run_id, parent_run_id=self.parent_run_id, tags=tags
             )
             self.tracker.log_params(
                 {
@@ -305,7 +307,8 @@ class Trainer:
                     sync_buffers(ctx, self.model)
                 last = epoch == cfg.train.epochs - 1
                 is_best = False
-                if (epoch + 1) % cfg.train.eval_every == 0 or last:
+                evaluated = (epoch + 1) % cfg.train.eval_every == 0 or last
+                if evaluated:
                     eval_start = time.perf_counter()
                     val, _ = self.evaluate("val")
                     skip = ("tp", "fp", "tn", "fn", "log_loss")  # log loss is logged as val_loss
@@ -328,8 +331,8 @@ class Trainer:
                 self._save(is_best)
                 self.tracker.log_metrics(metrics, step=epoch)
                 progress.update(epoch, metrics)
-                if self.epoch_callback is not None and "val_auc" in metrics:
-                    if self.epoch_callback(epoch, metrics):
+                if self.epoch_callback is not None and evaluated:
+                    if self._rank0_decides(epoch, metrics):
                         status = "pruned"
                         break
                 patience = cfg.train.early_stopping_patience
@@ -360,6 +363,22 @@ class Trainer:
             self._finish_tracking(result, test_prob)
         return result
 
+    def _rank0_decides(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Rank 0 runs the epoch callback; every rank gets its answer (or fails with it)."""
+        answer: tuple[bool, str | None] = (False, None)
+        error: BaseException | None = None
+        if self.ctx.is_main:
+            try:
+                answer = (bool(self.epoch_callback(epoch, metrics)), None)
+            except Exception as exc:  # the other ranks must not wait for an answer that never comes
+                error, answer = exc, (False, f"{type(exc).__name__}: {exc}")
+        stop, failure = broadcast_object(self.ctx, answer)
+        if error is not None:
+            raise error
+        if failure is not None:
+            raise RuntimeError(f"rank 0's epoch callback failed at epoch {epoch}: {failure}")
+        return stop
+
     def _finish_tracking(self, result: FitResult, test_prob: np.ndarray) -> None:
         from dmlt_trainer import artifacts
 
@@ -371,5 +390,5 @@ class Trainer:
         artifacts.log_run_artifacts(tracker, self.cfg, result, self.data.y_test, test_prob)
         if self.cfg.tracking.log_model:
             example = self.data.x_val[:5]
-            tracker.log_model(self.model, example, self.cfg.tracking.register_model)
+            result.model_uri = tracker.log_model(self.model, example, self.cfg.tracking.register_model)
         tracker.finish("FINISHED")
