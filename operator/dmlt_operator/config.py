@@ -71,6 +71,20 @@ class OperatorConfig:
     """Port of kopf's liveness endpoint (/healthz) [DMLT_HEALTH_PORT]."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty for the whole cluster [DMLT_NAMESPACES, comma-separated]."""
+    default_storage_secret: str = ""
+    """Secret (in the study's namespace) holding the Optuna storage URL of studies that set no
+    spec.storage.secretRef; the chart names its PostgreSQL's [DMLT_DEFAULT_STORAGE_SECRET]."""
+    default_storage_secret_key: str = "url"
+    """Key of the URL in that Secret [DMLT_DEFAULT_STORAGE_SECRET_KEY]."""
+    study_reconcile_interval_s: float = 5.0
+    """How often each TuningStudy is reconciled [DMLT_STUDY_RECONCILE_INTERVAL_SECONDS]."""
+    storage_pool_size: int = 2
+    """Connections each Optuna storage keeps open (as many more may open briefly)
+    [DMLT_STORAGE_POOL_SIZE]."""
+    storage_connect_timeout_s: int = 10
+    """Seconds to wait for the database when connecting [DMLT_STORAGE_CONNECT_TIMEOUT_SECONDS]."""
+    mlflow_timeout_s: float = 10.0
+    """Timeout of each MLflow REST call [DMLT_MLFLOW_TIMEOUT_SECONDS]."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -88,4 +102,10 @@ class OperatorConfig:
             metrics_port=_int(env, "DMLT_METRICS_PORT", 9090, 0),
             health_port=_int(env, "DMLT_HEALTH_PORT", 8080, 1),
             namespaces=namespaces,
+            default_storage_secret=env.get("DMLT_DEFAULT_STORAGE_SECRET", "").strip(),
+            default_storage_secret_key=env.get("DMLT_DEFAULT_STORAGE_SECRET_KEY", "").strip() or "url",
+            study_reconcile_interval_s=_float(env, "DMLT_STUDY_RECONCILE_INTERVAL_SECONDS", 5.0, 0.5),
+            storage_pool_size=_int(env, "DMLT_STORAGE_POOL_SIZE", 2, 1),
+            storage_connect_timeout_s=_int(env, "DMLT_STORAGE_CONNECT_TIMEOUT_SECONDS", 10, 1),
+            mlflow_timeout_s=_float(env, "DMLT_MLFLOW_TIMEOUT_SECONDS", 10.0, 0.1),
         )

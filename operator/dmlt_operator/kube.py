@@ -6,6 +6,8 @@ gone (404) counts as success, so a handler interrupted at any point can simply r
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from typing import Any
@@ -96,6 +98,44 @@ class Kube:
             if exc.status in (400, 404):
                 return None
             raise
+
+    # ---- trial TrainingJobs of a TuningStudy
+
+    def create_trainingjob(self, job: dict[str, Any]) -> bool:
+        """Create the TrainingJob; False if one of that name already exists."""
+        meta = job["metadata"]
+        try:
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, job, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def list_trainingjobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The TrainingJobs of a namespace that match the selector (a fresh read, not a cache)."""
+        listed = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
+        )
+        return list(listed.get("items") or [])
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key is missing."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        if raw is None:
+            return None
+        try:
+            return base64.b64decode(raw).decode("utf-8").strip()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
 
     # ---- the job itself
 

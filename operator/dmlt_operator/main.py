@@ -1,4 +1,5 @@
-"""`dmlt-operator`: run the TrainingJob operator (kopf) with a liveness endpoint and metrics."""
+"""`dmlt-operator`: run the TrainingJob and TuningStudy operator (kopf) with a liveness endpoint
+and metrics."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from dmlt_operator.config import OperatorConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmlt-operator",
-        description="Reconcile dmlt.io TrainingJobs: per-rank Pods running torchrun, gang "
-        "restarts, status with progress. Settings come from DMLT_* environment variables.",
+        description="Reconcile dmlt.io TrainingJobs (per-rank Pods running torchrun, gang "
+        "restarts, status with progress) and TuningStudies (an Optuna study in a database, one "
+        "TrainingJob per trial). Settings come from DMLT_* environment variables.",
     )
     parser.add_argument(
         "-n", "--namespace", action="append", default=[],
@@ -33,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
 
     import dmlt_operator.handlers  # noqa: F401  (registers the handlers with kopf)
+    import dmlt_operator.study_handlers  # noqa: F401
 
     namespaces = tuple(args.namespace) or cfg.namespaces
     kopf.run(

@@ -6,6 +6,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from dmlt_operator import study_reconcile
 from dmlt_operator.reconcile import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -38,12 +39,55 @@ PODS_CREATED = Counter(
     registry=REGISTRY,
 )
 
+STUDIES = Gauge(
+    "dmlt_tuningstudies",
+    "TuningStudies known to this operator, by phase.",
+    ["phase"],
+    registry=REGISTRY,
+)
+STUDY_RECONCILE_ERRORS = Counter(
+    "dmlt_study_reconcile_errors_total",
+    "Reconciles of a TuningStudy that raised an error (storage and MLflow outages included).",
+    registry=REGISTRY,
+)
+STUDY_RECONCILE_SECONDS = Histogram(
+    "dmlt_study_reconcile_duration_seconds",
+    "Wall time of one TuningStudy reconcile, database and API calls included.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+STUDY_STORAGE_ERRORS = Counter(
+    "dmlt_study_storage_errors_total",
+    "Failed reconciles of a TuningStudy because its Optuna storage was unavailable.",
+    registry=REGISTRY,
+)
+TRIALS_ASKED = Counter(
+    "dmlt_study_trials_asked_total",
+    "Trials asked from Optuna (new configurations sampled).",
+    registry=REGISTRY,
+)
+TRIAL_JOBS_CREATED = Counter(
+    "dmlt_study_trial_jobs_created_total",
+    "Trial TrainingJobs created.",
+    registry=REGISTRY,
+)
+TRIALS_TOLD = Counter(
+    "dmlt_study_trials_told_total",
+    "Trial results told to Optuna, by the state they finished in.",
+    ["state"],
+    registry=REGISTRY,
+)
+for _state in ("COMPLETE", "PRUNED", "FAIL"):
+    TRIALS_TOLD.labels(state=_state)  # exported from the start, at 0
+
 
 class PhaseTracker:
-    """Last seen phase of each job, folded into the `dmlt_trainingjobs` gauge."""
+    """Last seen phase of each object, folded into a gauge by phase (`dmlt_trainingjobs`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauge: Gauge = JOBS, phases: tuple[str, ...] = PHASES) -> None:
         self._lock = threading.Lock()
+        self._gauge = gauge
+        self._all = phases
         self._phases: dict[tuple[str, str], str] = {}
         self._publish()  # every phase is exported from the start, at 0
 
@@ -62,17 +106,18 @@ class PhaseTracker:
             return self._count()
 
     def _count(self) -> dict[str, int]:
-        counts = dict.fromkeys(PHASES, 0)
+        counts = dict.fromkeys(self._all, 0)
         for phase in self._phases.values():
             counts[phase] = counts.get(phase, 0) + 1
         return counts
 
     def _publish(self) -> None:
         for phase, count in self._count().items():
-            JOBS.labels(phase=phase).set(count)
+            self._gauge.labels(phase=phase).set(count)
 
 
 PHASE_TRACKER = PhaseTracker()
+STUDY_PHASE_TRACKER = PhaseTracker(STUDIES, study_reconcile.PHASES)
 
 
 def serve(port: int) -> None:

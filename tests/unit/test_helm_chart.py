@@ -174,7 +174,8 @@ def test_rbac_is_least_privilege_and_covers_the_operator():
         ("", "namespaces", "watch"),
     }  # fmt: skip
     assert needed <= granted
-    assert not any(r == "secrets" for _, r, _ in granted)
+    # Secrets: only `get` by name (a TuningStudy's storage URL), never list or watch.
+    assert {v for _, r, v in granted if r == "secrets"} == {"get"}
     binding = objs[("ClusterRoleBinding", "dmlt-operator")]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dmlt-operator", "namespace": "dmlt"}]
 

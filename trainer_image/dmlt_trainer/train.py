@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 import time
 from collections.abc import Callable
@@ -59,6 +60,15 @@ def weights_digest(module: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _buffer_sync_kwargs(sync_each_step: bool) -> dict[str, bool]:
+    """DDP's per-step buffer broadcast switch: `forward_sync_buffers` on torch versions that
+    deprecate `broadcast_buffers` (the default, on, needs no argument at all)."""
+    if sync_each_step:
+        return {}
+    params = inspect.signature(DistributedDataParallel).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
 
 
 class Trainer:
@@ -123,7 +133,7 @@ class Trainer:
             bucket_cap_mb=d.bucket_cap_mb,
             gradient_as_bucket_view=d.gradient_as_bucket_view,
             static_graph=d.static_graph,
-            broadcast_buffers=d.broadcast_buffers,
+            **_buffer_sync_kwargs(d.broadcast_buffers),
         )
         if d.comm_hook != "none":
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks

@@ -66,3 +66,39 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "dmlt.image" -}}
 {{- printf "%s:%s" .repository .tag }}
 {{- end }}
+
+{{- define "dmlt.postgresql.fullname" -}}
+{{- printf "%s-postgresql" (include "dmlt.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret (in each study's namespace) whose key holds the default Optuna storage URL. */}}
+{{- define "dmlt.storageSecretName" -}}
+{{- if .Values.postgresql.enabled }}
+{{- include "dmlt.postgresql.fullname" . }}
+{{- else }}
+{{- .Values.postgresql.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "dmlt.storageSecretKey" -}}
+{{- if .Values.postgresql.enabled }}url{{ else }}{{ .Values.postgresql.existingSecretKey }}{{ end }}
+{{- end }}
+
+{{/*
+The PostgreSQL password: set in values, else kept from the Secret of an earlier install (it must
+match the data on the retained volume), else generated. Rendered without a cluster (helm
+template, lint, manifests/) there is nothing to look up and no randomness wanted, so it is
+derived from the release: re-applying the same manifests keeps it, but anyone can compute it.
+*/}}
+{{- define "dmlt.postgresql.password" -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "dmlt.postgresql.fullname" .) }}
+{{- if .Values.postgresql.auth.password }}
+{{- .Values.postgresql.auth.password }}
+{{- else if and $existing $existing.data (hasKey $existing.data "password") }}
+{{- index $existing.data "password" | b64dec }}
+{{- else if lookup "v1" "Namespace" "" "kube-system" }}
+{{- randAlphaNum 32 }}
+{{- else }}
+{{- printf "dmlt-postgresql/%s/%s" .Release.Namespace (include "dmlt.fullname" .) | sha256sum | trunc 32 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,232 @@
+"""Pure builders: a TuningStudy's spec + one trial's sampled values → that trial's TrainingJob.
+
+A trial job is the study's `trialTemplate` with the sampled values merged into its `trainer`
+block, the trainer flags that make the run trial N of the study appended to
+`trainer.extraArgs`, and the Optuna storage URL passed as `DMLT_OPTUNA_STORAGE` from a Secret
+(never in the arguments, which anyone who can list Pods reads). Its name, `<study>-t<N>`, is
+deterministic, so a reconcile that runs twice creates nothing twice (409 AlreadyExists).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from dmlt_operator import API_VERSION, KIND
+from dmlt_operator.resources import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
+from dmlt_operator.spec import check_job_name, parse_spec
+from dmlt_operator.study_spec import (
+    MAX_FAILED_TRIALS,
+    MAX_TRIALS,
+    PARAMETER_KINDS,
+    STUDY_KIND,
+    SecretKeyRef,
+    StudySpecError,
+    TuningStudySpec,
+    trainer_value,
+)
+
+LABEL_STUDY = "dmlt.io/study"
+LABEL_TRIAL = "dmlt.io/trial"
+ANNOTATION_PARAMS = "dmlt.io/trial-params"
+ANNOTATION_STARTED = "dmlt.io/trial-started"
+"""When the trial was asked: tells this trial's job from one left by an earlier trial N."""
+STORAGE_ENV = "DMLT_OPTUNA_STORAGE"
+"""The trainer reads the Optuna storage URL from this variable when --storage is not given."""
+DEFAULT_EXPERIMENT = "dmlt"
+
+# Optuna study user attributes the operator keeps.
+ATTR_PARENT_RUN = "dmlt.parent_run_id"
+ATTR_UID = "dmlt.uid"
+"""metadata.uid of the TuningStudy the Optuna study belongs to."""
+
+# Trial user attributes the trainer sets at the end of a trial (see the contract).
+ATTR_OUTCOME = "dmlt.outcome"
+ATTR_VALUE = "dmlt.value"
+ATTR_EPOCHS = "dmlt.epochs_run"
+ATTR_RUN_ID = "dmlt.mlflow_run_id"
+ATTR_MODEL_URI = "dmlt.model_uri"
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRef:
+    """The identity of a TuningStudy object: enough to name and own its trial jobs."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+
+    @classmethod
+    def from_body(cls, body: Any) -> StudyRef:
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta.get("namespace") or "default",
+            uid=meta.get("uid") or "",
+            generation=int(meta.get("generation") or 1),
+        )
+
+    @property
+    def optuna_name(self) -> str:
+        """The Optuna study's name: unique across namespaces sharing one database."""
+        return f"{self.namespace}.{self.name}"
+
+
+def trial_job_name(study: str, number: int) -> str:
+    return f"{study}-t{number}"
+
+
+def study_labels(study: str) -> dict[str, str]:
+    """Labels on every trial job of a study; also the selector that lists them."""
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STUDY: study}
+
+
+def study_selector(study: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in study_labels(study).items())
+
+
+def trial_labels(study: str, number: int) -> dict[str, str]:
+    return {**study_labels(study), LABEL_COMPONENT: "trial", LABEL_TRIAL: str(number)}
+
+
+def study_owner_reference(ref: StudyRef) -> dict[str, Any]:
+    """Controller reference: trial jobs are garbage-collected with their study."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": STUDY_KIND,
+        "name": ref.name,
+        "uid": ref.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def tracking_uri(spec: TuningStudySpec, default: str = "") -> str:
+    """The MLflow server of the study: its own, else its template's, else the operator's."""
+    template = spec.trial_template.get("mlflow") or {}
+    return spec.mlflow.tracking_uri or str(template.get("trackingUri") or "") or default
+
+
+def experiment_name(spec: TuningStudySpec) -> str:
+    """Parent and child runs share one experiment (MLflow nests runs only within one)."""
+    template = spec.trial_template.get("mlflow") or {}
+    return spec.mlflow.experiment or str(template.get("experiment") or "") or DEFAULT_EXPERIMENT
+
+
+def registered_model_name(spec: TuningStudySpec, ref: StudyRef) -> str:
+    return spec.mlflow.registered_model or ref.name
+
+
+def _number(value: float | int) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def trial_flags(spec: TuningStudySpec, ref: StudyRef, number: int, parent_run_id: str | None) -> list[str]:
+    """dmlt-train flags that make the run trial `number` of the study (after extraArgs)."""
+    p = spec.pruner
+    flags = [
+        "--study-name", ref.optuna_name,
+        "--trial-number", str(number),
+        "--objective", spec.objective.metric,
+        "--direction", spec.objective.direction,
+        "--pruner", p.name,
+        "--pruner-startup-trials", str(p.startup_trials),
+        "--pruner-warmup-steps", str(p.warmup_steps),
+        "--pruner-min-resource", str(p.min_resource),
+        "--pruner-reduction-factor", str(p.reduction_factor),
+    ]  # fmt: skip
+    if parent_run_id:
+        flags += ["--parent-run-id", parent_run_id]
+    return flags
+
+
+def trial_trainer(spec: TuningStudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """The template's trainer block with the sampled values in place."""
+    trainer = copy.deepcopy(spec.trial_template.get("trainer") or {})
+    for name, raw in params.items():
+        if name not in PARAMETER_KINDS:
+            raise StudySpecError(f"trial parameter {name!r} is not a tunable trainer setting")
+        try:
+            trainer[name] = trainer_value(name, raw)
+        except ValueError as exc:
+            raise StudySpecError(f"trial parameter {exc}") from None
+    return trainer
+
+
+def storage_env(secret: SecretKeyRef) -> dict[str, Any]:
+    return {"name": STORAGE_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}
+
+
+def build_trial_job(
+    ref: StudyRef,
+    spec: TuningStudySpec,
+    number: int,
+    params: dict[str, Any],
+    storage_secret: SecretKeyRef,
+    parent_run_id: str | None,
+    started: str | None = None,
+) -> dict[str, Any]:
+    """The TrainingJob that runs trial `number` with `params` (Optuna's sampled values);
+    `started` (the trial's start time in the database) marks which trial N it is."""
+    name = trial_job_name(ref.name, number)
+    job_spec = copy.deepcopy(spec.trial_template)
+    trainer = trial_trainer(spec, params)
+    flags = trial_flags(spec, ref, number, parent_run_id)
+    trainer["extraArgs"] = list(trainer.get("extraArgs") or []) + flags
+    job_spec["trainer"] = trainer
+    env = [e for e in job_spec.get("env") or [] if e.get("name") != STORAGE_ENV]
+    job_spec["env"] = env + [storage_env(storage_secret)]
+    mlflow = dict(job_spec.get("mlflow") or {})
+    uri = tracking_uri(spec)
+    if uri:
+        mlflow["trackingUri"] = uri
+    mlflow["experiment"] = experiment_name(spec)
+    job_spec["mlflow"] = mlflow
+    try:
+        check_job_name(name)
+        parse_spec(job_spec)
+    except ValueError as exc:
+        raise StudySpecError(f"trial job {name}: {exc}") from None
+    annotations = {ANNOTATION_PARAMS: json.dumps(params, sort_keys=True, separators=(",", ":"))}
+    if started:
+        annotations[ANNOTATION_STARTED] = started
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": ref.namespace,
+            "labels": trial_labels(ref.name, number),
+            "annotations": annotations,
+            "ownerReferences": [study_owner_reference(ref)],
+        },
+        "spec": job_spec,
+    }
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """`lr=0.0012, hiddenDims=256-128` for events and messages."""
+    return ", ".join(f"{k}={_number(v) if isinstance(v, float) else v}" for k, v in sorted(params.items()))
+
+
+def representative_params(spec: TuningStudySpec) -> dict[str, Any]:
+    """One value per parameter (its maximum or last choice), to build a trial job up front."""
+    params: dict[str, Any] = {}
+    for p in spec.parameters:
+        if p.type == "categorical":
+            params[p.name] = (p.choices or [None])[-1]
+        elif p.type == "int":
+            params[p.name] = int(p.max or 0)
+        else:
+            params[p.name] = float(p.max or 0.0)
+    return params
+
+
+def check_trial_job(ref: StudyRef, spec: TuningStudySpec, storage_secret: SecretKeyRef) -> None:
+    """Raise StudySpecError if the study's trial jobs would be invalid TrainingJobs (e.g. the
+    template's extraArgs leave no room for the trial flags), before any trial is asked."""
+    number = MAX_TRIALS + MAX_FAILED_TRIALS
+    build_trial_job(ref, spec, number, representative_params(spec), storage_secret, "0" * 32)

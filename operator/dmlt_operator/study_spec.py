@@ -1,0 +1,340 @@
+"""Typed TuningStudy spec: parsed once from the custom resource, then passed around.
+
+As for TrainingJobs (spec.py), the CRD's schema (helm/dmlt/crds/tuningstudies.dmlt.io.yaml) is
+what users meet first: it applies defaults and its CEL rules reject a bad search space at
+admission. These models repeat the defaults and rules, and add the few checks CEL cannot make
+(every sampled value must be a valid trainer setting), so the operator never trusts an object
+blindly. tests/unit/test_study_crd.py keeps the two in step.
+
+Nothing here imports Optuna: the search space is described in plain values, and
+study_storage.py turns it into Optuna distributions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from dmlt_operator.spec import JOB_NAME_RE, SpecError, TrainerSpec, TrainingJobSpec, parse_spec
+
+STUDY_PLURAL = "tuningstudies"
+STUDY_KIND = "TuningStudy"
+
+MAX_TRIALS = 10_000
+MAX_FAILED_TRIALS = 10_000
+MAX_PARALLELISM = 64
+MAX_STUDY_NAME = 40
+"""Trial jobs are named `<study>-t<N>`; N stays below MAX_TRIALS + MAX_FAILED_TRIALS (5 digits),
+and a TrainingJob name may have 50 characters."""
+MAX_GRID = 100_000
+METRIC_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,62}$")
+DIMS_RE = re.compile(r"^[0-9]+(-[0-9]+)*$")
+
+# Tunable trainer settings: parameter name (the TrainingJob's trainer field) → value kind.
+PARAMETER_KINDS: dict[str, str] = {
+    "lr": "float",
+    "dropout": "float",
+    "weightDecay": "float",
+    "batchSize": "int",
+    "epochs": "int",
+    "hiddenDims": "dims",
+}
+ALGORITHMS = ("tpe", "random", "grid", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+DIRECTIONS = ("maximize", "minimize")
+
+
+class StudySpecError(SpecError):
+    """The TuningStudy spec is invalid; the message names every offending field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ObjectiveSpec(_Model):
+    """What the study optimizes: a per-epoch metric the trainer logs, and which way."""
+
+    metric: Annotated[str, Field(pattern=METRIC_RE.pattern)] = "val_auc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+def trainer_value(name: str, raw: Any) -> Any:
+    """A sampled (or chosen) value as the TrainingJob's trainer field `name` takes it.
+
+    Categorical choices come as integers or strings (the CRD allows only those): "0.1" is a
+    float for lr, dropout and weightDecay, and hidden dims are written "512-256-128".
+    """
+    kind = PARAMETER_KINDS[name]
+    if isinstance(raw, bool):
+        raise ValueError(f"{name}: {raw!r} is not a number")
+    if kind == "float":
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: {raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: {raw!r} is not a finite number")
+        return value
+    if kind == "int":
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise ValueError(f"{name}: {raw!r} is not an integer")
+            return int(raw)
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: {raw!r} is not an integer") from None
+    if isinstance(raw, int):
+        return [raw]
+    text = str(raw).strip()
+    if not DIMS_RE.match(text):
+        raise ValueError(f"{name}: {raw!r} is not hidden dims written like '512-256-128'")
+    return [int(part) for part in text.split("-")]
+
+
+def _check_trainer_value(name: str, raw: Any) -> None:
+    """Raise ValueError unless `raw` is a valid value of the trainer field (its own bounds)."""
+    value = trainer_value(name, raw)
+    try:
+        TrainerSpec.model_validate({name: value})
+    except ValidationError as exc:
+        reasons = "; ".join(e["msg"] for e in exc.errors())
+        raise ValueError(f"{name}={raw!r} is not a valid trainer setting ({reasons})") from None
+
+
+class ParameterSpec(_Model):
+    """One dimension of the search space: a trainer setting and the values it may take."""
+
+    name: Literal["lr", "dropout", "weightDecay", "batchSize", "epochs", "hiddenDims"]
+    type: Literal["float", "int", "categorical"]
+    min: float | None = None
+    max: float | None = None
+    log: bool = False
+    step: Annotated[float, Field(gt=0)] | None = None
+    choices: Annotated[list[Any], Field(min_length=1, max_length=64)] | None = None
+
+    @field_validator("choices")
+    @classmethod
+    def _int_or_string(cls, choices: list[Any] | None) -> list[Any] | None:
+        for choice in choices or []:
+            ok_int = isinstance(choice, int) and not isinstance(choice, bool)
+            ok_str = isinstance(choice, str) and 0 < len(choice) <= 256
+            if not (ok_int or ok_str):
+                raise ValueError(
+                    f"choice {choice!r}: choices are integers or strings of 1-256 characters "
+                    "(write real numbers as strings, e.g. '0.1')"
+                )
+        return choices
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParameterSpec:
+        kind = PARAMETER_KINDS[self.name]
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical parameters need choices")
+            if self.min is not None or self.max is not None or self.step is not None or self.log:
+                raise ValueError("categorical parameters take choices only, not min, max, step or log")
+            if len(set(map(repr, self.choices))) != len(self.choices):
+                raise ValueError("choices must be unique")
+            for choice in self.choices:
+                _check_trainer_value(self.name, choice)
+            return self
+        if self.choices is not None:
+            raise ValueError("choices are for categorical parameters only")
+        if kind == "dims":
+            raise ValueError("hiddenDims must be categorical, e.g. choices: ['256-128', '512-256-128']")
+        if kind == "int" and self.type == "float":
+            raise ValueError(f"{self.name} is an integer: use type int or categorical")
+        if kind == "float" and self.type == "int":
+            raise ValueError(f"{self.name} is a real number: use type float or categorical")
+        if self.min is None or self.max is None:
+            raise ValueError("float and int parameters need min and max")
+        if not self.min < self.max:
+            raise ValueError("min must be less than max")
+        if self.log and self.min <= 0:
+            raise ValueError("a log scale needs min > 0")
+        if self.log and self.step is not None and not (self.type == "int" and self.step == 1):
+            raise ValueError("log and step cannot be combined (int parameters allow step 1)")
+        if self.type == "int":
+            for key in ("min", "max", "step"):
+                value = getattr(self, key)
+                if value is not None and not float(value).is_integer():
+                    raise ValueError(f"{key} of an int parameter must be a whole number")
+        if self.step is not None and self.step > self.max - self.min:
+            raise ValueError("step must not exceed max - min")
+        _check_trainer_value(self.name, self.min)
+        _check_trainer_value(self.name, self.max)
+        return self
+
+    def grid_values(self) -> list[Any]:
+        """Every value an exhaustive grid visits (float parameters need a step)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.min is not None and self.max is not None
+        if self.type == "int":
+            step = int(self.step or 1)
+            return list(range(int(self.min), int(self.max) + 1, step))
+        if self.step is None:
+            raise ValueError(f"parameter {self.name}: a grid needs a step for float parameters")
+        count = int(math.floor((self.max - self.min) / self.step + 1e-9)) + 1
+        return [round(self.min + i * self.step, 12) for i in range(count)]
+
+    def grid_size(self) -> int:
+        if self.type == "categorical":
+            return len(self.choices or [])
+        assert self.min is not None and self.max is not None
+        if self.type == "int":
+            return (int(self.max) - int(self.min)) // int(self.step or 1) + 1
+        if self.step is None:
+            raise ValueError(f"parameter {self.name}: a grid needs a step for float parameters")
+        return int(math.floor((self.max - self.min) / self.step + 1e-9)) + 1
+
+
+class AlgorithmSpec(_Model):
+    """How the next configuration is chosen."""
+
+    name: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+    startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] | None = None
+    """Random trials before TPE / CMA-ES start modelling (None: Optuna's default)."""
+
+
+class PrunerSpec(_Model):
+    """How trials that fall behind are stopped early (the trainer asks after each epoch)."""
+
+    name: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] = 5
+    warmup_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
+    min_resource: Annotated[int, Field(ge=1, le=100_000)] = 1
+    reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the study's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "url"
+
+
+class StorageSpec(_Model):
+    """Where the Optuna study lives."""
+
+    secret_ref: SecretKeyRef | None = None
+    """The SQLAlchemy URL of the database; None: the operator's default (the chart's PostgreSQL)."""
+    retain_study: bool = False
+    """Keep the Optuna study in the database when the TuningStudy is deleted."""
+
+
+class StudyMlflowSpec(_Model):
+    """MLflow tracking of the study: a parent run, one child run per trial, the best model."""
+
+    tracking_uri: Annotated[str, Field(max_length=2048)] = ""
+    experiment: Annotated[str, Field(max_length=253)] = ""
+    registered_model: Annotated[str, Field(max_length=253)] = ""
+
+
+class TuningStudySpec(_Model):
+    """spec of a TuningStudy."""
+
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    parameters: Annotated[list[ParameterSpec], Field(min_length=1, max_length=16)]
+    algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    max_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 10
+    parallelism: Annotated[int, Field(ge=1, le=MAX_PARALLELISM)] = 1
+    max_failed_trials: Annotated[int, Field(ge=0, le=MAX_FAILED_TRIALS)] = 3
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    trial_template: dict[str, Any]
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    mlflow: StudyMlflowSpec = Field(default_factory=StudyMlflowSpec)
+
+    @field_validator("parameters")
+    @classmethod
+    def _unique_names(cls, parameters: list[ParameterSpec]) -> list[ParameterSpec]:
+        names = [p.name for p in parameters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"parameter names must be unique; repeated: {', '.join(dupes)}")
+        return parameters
+
+    @field_validator("trial_template")
+    @classmethod
+    def _template_is_a_job_spec(cls, template: dict[str, Any]) -> dict[str, Any]:
+        try:
+            parse_spec(template)
+        except SpecError as exc:
+            raise ValueError(str(exc).replace("spec.", "spec.trialTemplate.")) from None
+        return template
+
+    @model_validator(mode="after")
+    def _study_rules(self) -> TuningStudySpec:
+        if self.parallelism > self.max_trials:
+            raise ValueError("parallelism must not exceed maxTrials")
+        if self.algorithm.name == "grid":
+            missing = [p.name for p in self.parameters if p.type == "float" and p.step is None]
+            if missing:
+                names = ", ".join(missing)
+                raise ValueError(f"algorithm grid needs a step on every float parameter: {names}")
+            if self.grid_size() > MAX_GRID:
+                raise ValueError(f"the grid has {self.grid_size()} points, more than {MAX_GRID}")
+        return self
+
+    @property
+    def template(self) -> TrainingJobSpec:
+        return parse_spec(self.trial_template)
+
+    def parameter(self, name: str) -> ParameterSpec:
+        return next(p for p in self.parameters if p.name == name)
+
+    def grid_size(self) -> int:
+        size = 1
+        for p in self.parameters:
+            size *= p.grid_size()
+        return size
+
+    @property
+    def effective_max_trials(self) -> int:
+        """maxTrials, or fewer when an exhaustive grid has fewer points."""
+        if self.algorithm.name == "grid":
+            return min(self.max_trials, self.grid_size())
+        return self.max_trials
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = ["spec"]
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] += f"[{item}]"
+        elif str(item).startswith("function-"):
+            continue
+        else:
+            parts.append(to_camel(str(item)) if "_" in str(item) else str(item))
+    return ".".join(parts)
+
+
+def parse_study_spec(raw: dict[str, Any] | None) -> TuningStudySpec:
+    """Validate a TuningStudy's spec; raise StudySpecError naming each bad field."""
+    try:
+        return TuningStudySpec.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if tuple(err["loc"]) == ("trialTemplate",) and msg.startswith("spec.trialTemplate."):
+                problems.append(msg)  # already names the template's fields
+            else:
+                problems.append(f"{_field_path(tuple(err['loc']))}: {msg}")
+        raise StudySpecError("; ".join(dict.fromkeys(problems))) from None
+
+
+def check_study_name(name: str) -> None:
+    """Trial jobs are named `<study>-t<N>` and must themselves be valid job names."""
+    if len(name) > MAX_STUDY_NAME or not JOB_NAME_RE.match(name):
+        raise StudySpecError(
+            f"metadata.name {name!r}: must be at most {MAX_STUDY_NAME} characters of lower-case "
+            "letters, digits and '-', starting with a letter (it prefixes the trial job names)"
+        )

@@ -1,0 +1,383 @@
+"""The TuningStudy kopf glue, tick by tick: a fake API module, a real Optuna storage (SQLite),
+a fake MLflow, and "trainers" that report to the study the way dmlt-train does."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import Counter
+from typing import Any
+
+import kopf
+import optuna
+import pytest
+import sqlalchemy.exc
+from dmlt_operator import study_handlers as h
+from dmlt_operator import study_reconcile as sr
+from dmlt_operator.config import OperatorConfig
+from dmlt_operator.mlflow_rest import MlflowError
+from dmlt_operator.study_storage import StudyStore
+from kubernetes.client.exceptions import ApiException
+
+pytestmark = pytest.mark.unit
+
+LOG = logging.getLogger("test")
+NS, NAME, UID = "ns", "study", "study-uid"
+
+
+class FakeKube:
+    """The API as the handler sees it: TrainingJobs, one Secret, events."""
+
+    def __init__(self, url: str | None) -> None:
+        self.secrets = {("ns", "dmlt-postgresql", "url"): url} if url else {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.refuse: ApiException | None = None
+        self.max_active = 0
+
+    def read_secret_value(self, namespace, name, key):
+        return self.secrets.get((namespace, name, key))
+
+    def create_trainingjob(self, job):
+        if self.refuse is not None:
+            raise self.refuse
+        name = job["metadata"]["name"]
+        if name in self.jobs:
+            return False
+        self.jobs[name] = {**job, "status": {}}
+        self.created.append(name)
+        self.max_active = max(self.max_active, self.active())
+        return True
+
+    def list_trainingjobs(self, namespace, label_selector):
+        wanted = dict(kv.split("=") for kv in label_selector.split(","))
+        return [j for j in self.jobs.values() if wanted.items() <= j["metadata"]["labels"].items()]
+
+    def delete_trainingjob(self, namespace, name):
+        self.deleted.append(name)
+        return self.jobs.pop(name, None) is not None
+
+    def post_event(self, body, type_, reason, message):
+        self.events.append((type_, reason, message))
+
+    def active(self) -> int:
+        return sum(1 for j in self.jobs.values() if j["status"].get("phase") not in ("Succeeded", "Failed"))
+
+
+class FakeMlflow:
+    def __init__(self) -> None:
+        self.parent_runs: list[str] = []
+        self.finished: list[tuple[str, str, dict]] = []
+        self.registered: list[tuple[str, str, str | None, dict]] = []
+        self.down = False
+        self.registry_down = False
+        self.registry_refuses = False
+
+    def __call__(self, uri: str) -> FakeMlflow:
+        return self
+
+    def ensure_parent_run(self, experiment, run_name, study, study_uid, params=None):
+        if self.down:
+            raise MlflowError("MLflow runs/search: cannot reach http://m:5000: refused")
+        self.parent_runs.append(study_uid)
+        return "parent-1"
+
+    def finish_run(self, run_id, status, metrics=None, tags=None):
+        self.finished.append((run_id, status, dict(metrics or {})))
+
+    def register_model(self, name, source, run_id, tags, description=""):
+        if self.registry_down:
+            raise MlflowError("MLflow registered-models/create: 503", status=503)
+        if self.registry_refuses:
+            raise MlflowError("MLflow model-versions/create: 400 INVALID_PARAMETER_VALUE bad source", 400)
+        self.registered.append((name, source, run_id, dict(tags)))
+        return "1"
+
+
+def study_body(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    s = {
+        "parameters": [
+            {"name": "lr", "type": "float", "min": 1e-4, "max": 1e-1, "log": True},
+            {"name": "batchSize", "type": "categorical", "choices": [256, 512]},
+        ],
+        "trialTemplate": {"image": "dmlt-trainer:dev", "trainer": {"epochs": 3}},
+        "maxTrials": 5,
+        "parallelism": 2,
+        "algorithm": {"name": "random", "seed": 1},
+        **spec,
+    }
+    return {
+        "apiVersion": "dmlt.io/v1alpha1", "kind": "TuningStudy",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+        "spec": s, "status": status or {},
+    }  # fmt: skip
+
+
+class Harness:
+    def __init__(self, tmp_path, **spec: Any) -> None:
+        self.url = f"sqlite:///{tmp_path / 'optuna.db'}"
+        self.kube = FakeKube(self.url)
+        self.mlflow = FakeMlflow()
+        self.body = study_body(**spec)
+        self.config = OperatorConfig(
+            default_tracking_uri="http://m:5000", default_storage_secret="dmlt-postgresql"
+        )
+        self.store = StudyStore()
+        self.outcome = lambda number: ("completed", 0.7 + number / 100)
+
+    def memo(self) -> kopf.Memo:
+        return kopf.Memo(
+            config=self.config, kube=self.kube, study_store=self.store, mlflow_client=self.mlflow
+        )
+
+    def tick(self) -> dict[str, Any]:
+        patch = kopf.Patch()
+        try:
+            h.reconcile_study_tick(self.body, self.body["spec"], self.body["status"], patch, self.memo(), LOG)
+        finally:
+            status = dict(self.body["status"])
+            for key, value in (patch.get("status") or {}).items():
+                if value is None:
+                    status.pop(key, None)
+                else:
+                    status[key] = value
+            self.body["status"] = status
+        return dict(patch.get("status") or {})
+
+    def trial(self, number: int) -> optuna.Trial:
+        storage = self.store.storage(self.url)
+        study = optuna.load_study(study_name=f"{NS}.{NAME}", storage=storage)
+        return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+    def run_trainers(self) -> None:
+        """Every job that exists finishes, reporting as dmlt-train does."""
+        for job in self.kube.jobs.values():
+            if job["status"].get("phase"):
+                continue
+            number = int(job["metadata"]["labels"]["dmlt.io/trial"])
+            kind, value = self.outcome(number)
+            if kind == "failed":
+                job["status"] = {"phase": "Failed", "message": "BackoffLimitExceeded"}
+                continue
+            try:
+                trial = self.trial(number)
+            except KeyError:  # the database lost the trial: the trainer cannot report to it
+                job["status"] = {"phase": "Failed", "message": "trial not found"}
+                continue
+            trial.report(0.6, 0)
+            trial.set_user_attr("dmlt.outcome", kind)
+            trial.set_user_attr("dmlt.mlflow_run_id", f"run{number}")
+            trial.set_user_attr("dmlt.model_uri", f"models:/m-{number}")
+            if value is not None:
+                trial.set_user_attr("dmlt.value", value)
+            job["status"] = {"phase": "Succeeded", "result": kind, "mlflowRunId": f"run{number}"}
+
+    def run(self, ticks: int = 40) -> None:
+        for _ in range(ticks):
+            self.tick()
+            if self.body["status"].get("phase") in sr.TERMINAL:
+                return
+            self.run_trainers()
+        raise AssertionError(f"not finished: {self.body['status']}")
+
+    def db_states(self) -> Counter:
+        study = optuna.load_study(study_name=f"{NS}.{NAME}", storage=self.url)
+        return Counter(t.state.name for t in study.trials)
+
+
+def test_a_study_runs_to_succeeded_and_registers_its_best_model(tmp_path):
+    hs = Harness(tmp_path)
+    hs.outcome = lambda n: ("pruned", None) if n == 1 else ("completed", 0.7 + n / 100)
+    hs.run()
+    status = hs.body["status"]
+    assert status["phase"] == "Succeeded", status
+    assert hs.db_states() == {"COMPLETE": 4, "PRUNED": 1}
+    assert hs.kube.created == [f"study-t{n}" for n in range(5)] and hs.kube.max_active <= 2
+    assert status["trials"] == {"running": 0, "completed": 4, "pruned": 1, "failed": 0}
+    assert status["trialsDone"] == "5/5" and status["studyName"] == "ns.study"
+    assert status["bestTrial"]["number"] == 4 and status["bestTrial"]["value"] == pytest.approx(0.74)
+    assert status["parentRunId"] == "parent-1" and hs.mlflow.parent_runs == [UID]
+    assert hs.mlflow.registered == [
+        ("study", "models:/m-4", "run4", {"dmlt.study": "ns.study", "dmlt.study_uid": UID, "dmlt.trial": "4"})
+    ]
+    assert hs.mlflow.finished[0][:2] == ("parent-1", "FINISHED")
+    assert status["registeredModel"] == {"name": "study", "version": "1", "trial": 4}
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["ModelRegistered"]["status"] == "True" and conds["StorageReady"]["status"] == "True"
+    reasons = {r for _, r, _ in hs.kube.events}
+    assert {"CreatedTrials", "TrialCompleted", "TrialPruned", "Succeeded", "ModelRegistered"} <= reasons
+    # The trial jobs carry the study's parent run and storage Secret.
+    job = hs.kube.jobs["study-t0"]
+    first = optuna.load_study(study_name="ns.study", storage=hs.url).trials[0]
+    assert job["metadata"]["annotations"]["dmlt.io/trial-started"] == first.datetime_start.isoformat()
+    args = job["spec"]["trainer"]["extraArgs"]
+    assert args[args.index("--parent-run-id") + 1] == "parent-1"
+    assert job["spec"]["env"][-1]["valueFrom"]["secretKeyRef"] == {"name": "dmlt-postgresql", "key": "url"}
+    # An ended, wrapped-up study is left alone: no database, no MLflow.
+    hs.store = None
+    assert hs.tick() == {}
+
+
+def test_operator_restarts_mid_study_lose_and_duplicate_nothing(tmp_path):
+    hs = Harness(tmp_path, maxTrials=6)
+    hs.outcome = lambda n: ("failed", None) if n == 2 else ("completed", 0.5)
+    for i in range(40):
+        hs.store = StudyStore()  # a new operator process every tick: nothing kept in memory
+        hs.tick()
+        if hs.body["status"].get("phase") in sr.TERMINAL:
+            break
+        if i % 2:
+            hs.run_trainers()
+    assert hs.body["status"]["phase"] == "Succeeded"
+    assert hs.db_states() == {"COMPLETE": 6, "FAIL": 1}
+    assert len(hs.kube.created) == len(set(hs.kube.created)) == 7
+    assert hs.kube.max_active <= 2 and hs.mlflow.parent_runs == [UID]
+
+
+class FlakyStore(StudyStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def list_trials(self, handle):
+        if self.down:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return super().list_trials(handle)
+
+
+def test_database_outage_is_reported_and_survived(tmp_path):
+    hs = Harness(tmp_path)
+    hs.store = FlakyStore()
+    hs.tick()
+    hs.run_trainers()
+    hs.store.down = True
+    with pytest.raises(h.StorageUnavailable, match="server closed the connection"):
+        hs.tick()
+    status = hs.body["status"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["StorageReady"]["status"] == "False" and "unavailable" in status["message"]
+    assert status["phase"] == "Running"  # the phase stays what it was
+    hs.store.down = False
+    hs.run()
+    assert hs.body["status"]["phase"] == "Succeeded" and hs.db_states() == {"COMPLETE": 5}
+    conds = {c["type"]: c for c in hs.body["status"]["conditions"]}
+    assert conds["StorageReady"]["status"] == "True"
+
+
+def test_missing_storage_secret_waits_with_a_clear_message(tmp_path):
+    hs = Harness(tmp_path)
+    hs.kube.secrets = {}
+    with pytest.raises(h.StorageUnavailable, match="ns/dmlt-postgresql"):
+        hs.tick()
+    assert hs.body["status"]["phase"] == "Pending" and "was not found" in hs.body["status"]["message"]
+    hs.config = OperatorConfig()
+    with pytest.raises(h.StorageUnavailable, match="spec.storage.secretRef"):
+        hs.tick()
+
+
+def test_own_storage_secret(tmp_path):
+    hs = Harness(tmp_path, storage={"secretRef": {"name": "mine", "key": "dsn"}})
+    hs.kube.secrets = {("ns", "mine", "dsn"): hs.url}
+    hs.tick()
+    env = hs.kube.jobs["study-t0"]["spec"]["env"][-1]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "dsn"}
+
+
+def test_invalid_spec_fails_without_touching_storage(tmp_path):
+    hs = Harness(tmp_path, maxTrials=1, parallelism=2)
+    hs.store = None
+    hs.tick()
+    status = hs.body["status"]
+    assert status["phase"] == "Failed" and "parallelism must not exceed maxTrials" in status["message"]
+    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in hs.kube.events]
+    assert hs.tick() == {}  # recorded once
+
+
+def test_a_leftover_study_of_the_same_name_is_not_resumed(tmp_path):
+    hs = Harness(tmp_path)
+    hs.store.open_study(hs.url, "ns.study", "maximize", "an-earlier-uid")
+    hs.tick()
+    status = hs.body["status"]
+    assert status["phase"] == "Failed" and "earlier TuningStudy" in status["message"]
+    assert not hs.kube.created
+
+
+def test_mlflow_down_holds_new_trials_back(tmp_path):
+    hs = Harness(tmp_path)
+    hs.mlflow.down = True
+    hs.tick()
+    assert not hs.kube.created and "Waiting for MLflow" in hs.body["status"]["message"]
+    hs.mlflow.down = False
+    hs.tick()
+    assert hs.kube.created == ["study-t0", "study-t1"]
+
+
+def test_model_registration_is_retried_until_it_works(tmp_path):
+    hs = Harness(tmp_path, maxTrials=2)
+    hs.mlflow.registry_down = True
+    hs.run()
+    conds = {c["type"]: c for c in hs.body["status"]["conditions"]}
+    assert conds["ModelRegistered"]["reason"] == sr.MODEL_RETRY_REASON
+    hs.tick()  # still down: tried again
+    hs.mlflow.registry_down = False
+    hs.tick()
+    conds = {c["type"]: c for c in hs.body["status"]["conditions"]}
+    assert conds["ModelRegistered"]["status"] == "True"
+    assert len(hs.mlflow.registered) == 1 and hs.body["status"]["registeredModel"]["version"] == "1"
+    assert hs.tick() == {}
+
+
+def test_a_registration_mlflow_refuses_is_not_retried(tmp_path):
+    hs = Harness(tmp_path, maxTrials=2)
+    hs.mlflow.registry_refuses = True
+    hs.run()
+    conds = {c["type"]: c for c in hs.body["status"]["conditions"]}
+    assert conds["ModelRegistered"]["reason"] == "RegistrationRejected"
+    assert "RegistrationRejected" in {r for _, r, _ in hs.kube.events}
+    hs.store = None  # settled: no more database or MLflow calls
+    assert hs.tick() == {}
+
+
+def test_refused_trial_jobs_are_reported_and_no_more_trials_asked(tmp_path):
+    hs = Harness(tmp_path)
+    hs.kube.refuse = ApiException(status=403, reason="Forbidden")
+    hs.tick()
+    assert "Cannot create trial jobs: study-t0: 403 Forbidden" in hs.body["status"]["message"]
+    assert hs.db_states() == {"RUNNING": 1}  # the first refusal stopped the asking
+    hs.kube.refuse = None
+    hs.tick()
+    assert hs.kube.created == ["study-t0", "study-t1"] and hs.db_states() == {"RUNNING": 2}
+
+
+def test_delete_drops_the_trial_jobs_and_the_study(tmp_path):
+    hs = Harness(tmp_path)
+    hs.tick()
+    h.delete_study(body=hs.body, spec=hs.body["spec"], memo=hs.memo(), logger=LOG)
+    assert sorted(hs.kube.deleted) == ["study-t0", "study-t1"]
+    assert optuna.study.get_all_study_names(hs.url) == []
+
+
+def test_retain_study_keeps_it(tmp_path):
+    hs = Harness(tmp_path, storage={"retainStudy": True})
+    hs.tick()
+    h.delete_study(body=hs.body, spec=hs.body["spec"], memo=hs.memo(), logger=LOG)
+    assert optuna.study.get_all_study_names(hs.url) == ["ns.study"]
+
+
+def test_secret_values_are_decoded():
+    from dmlt_operator.kube import Kube
+
+    class Core:
+        def read_namespaced_secret(self, name, namespace, _request_timeout=None):
+            if name == "gone":
+                raise ApiException(status=404)
+            data = {"url": base64.b64encode(b"postgresql+psycopg2://u:p@h/db\n").decode()}
+            return type("Secret", (), {"data": data})()
+
+    kube = Kube.__new__(Kube)
+    kube.core = Core()
+    assert kube.read_secret_value("ns", "s", "url") == "postgresql+psycopg2://u:p@h/db"
+    assert kube.read_secret_value("ns", "s", "other") is None
+    assert kube.read_secret_value("ns", "gone", "url") is None
