@@ -27,8 +27,7 @@ if [ "${DMLT_E2E:-1}" = 1 ]; then
     KUBECONFIG="$(bash hack/cluster.sh kubeconfig)"
     export KUBECONFIG
   fi
-  # The TrainingJob e2e suite (tests/e2e/test_trainingjob.py) is not yet green; see issue 5.
-  suites+=(tests/e2e/test_cluster_smoke.py)
+  suites+=(tests/e2e)
 fi
 .venv/bin/python -m pytest "${suites[@]}" "$@"
 rc=$?

@@ -158,13 +158,15 @@ lists = {"trainer": project["dependencies"] + extra.get("postgres", []), "operat
 for name, reqs in lists.items():
     open(f"{sys.argv[2]}/{name}.txt", "w").write("\n".join(reqs) + "\n")
 PY
-  # When the requirements change, drop the untagged images of earlier builds (buildah's layer
-  # cache): each holds a multi-GB torch layer. Source-only changes keep them.
-  local deps_key
+  # When the trainer's requirements change, drop the untagged images of earlier builds
+  # (buildah's layer cache): each holds a multi-GB torch layer. Source-only changes, and changes
+  # to the operator's small requirement list, keep them.
+  local deps_key trainer_key
   deps_key="$(printf '%s %s' "$(hash_files "$reqs" trainer.txt operator.txt)" "$BASE_HASH" | sha256sum | cut -c1-16)"
-  if [[ "$(cat "$CACHE/buildah/deps.key" 2>/dev/null)" != "$deps_key" ]]; then
+  trainer_key="$(printf '%s %s' "$(hash_files "$reqs" trainer.txt)" "$BASE_HASH" | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$CACHE/buildah/deps.key" 2>/dev/null)" != "$trainer_key" ]]; then
     "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
-    echo "$deps_key" >"$CACHE/buildah/deps.key"
+    echo "$trainer_key" >"$CACHE/buildah/deps.key"
   fi
   # Wheels come from a host-side folder that only ever grows (pip download skips what is
   # there): a changed requirement downloads the difference, not torch's 3.5 GB again.
