@@ -600,6 +600,8 @@ def install(
             "image": {"pullPolicy": "IfNotPresent"},
             "persistence": {"enabled": storage_class is not None},
         },
+        # Only TuningStudies need the database; their tests turn it on (with a volume).
+        "postgresql": {"enabled": False},
     }
     for key, value in (extra_values or {}).items():
         if isinstance(value, Mapping) and isinstance(values.get(key), dict):

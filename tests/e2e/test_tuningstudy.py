@@ -303,11 +303,14 @@ def tuning(api_client: client.ApiClient, namespace: str) -> Iterator[Tuning]:
     uninstalled, afterwards."""
     helm = require_helm()
     apply_study_crd(api_client)
-    extra: dict[str, Any] = {"operator": {"studyReconcileIntervalSeconds": 3}}
+    extra: dict[str, Any] = {
+        "operator": {"studyReconcileIntervalSeconds": 3},
+        "postgresql": {"enabled": True},
+    }
     volume = None
     if of.default_storage_class(api_client) is None:
         volume = prepare_postgres_volume(api_client, namespace, of.DEFAULT_RELEASE)
-        extra["postgresql"] = {"persistence": {"storageClassName": "-"}}
+        extra["postgresql"]["persistence"] = {"storageClassName": "-"}
     try:
         installed = of.install(api_client, namespace, helm, extra_values=extra)
     except AssertionError as exc:
