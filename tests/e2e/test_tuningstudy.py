@@ -510,8 +510,9 @@ def test_invalid_search_space_is_rejected_at_admission(tuning: Tuning, spec, fie
         tuning.delete_study(name)
     body = err.value.body or ""
     assert err.value.status == 422, f"expected 422 Invalid, got {err.value.status}: {body}"
-    assert field_path in body, f"the apiserver's message does not name {field_path}: {body}"
-    assert message in body, f"the apiserver's message lacks {message!r}: {body}"
+    said = json.loads(body).get("message", "")  # the JSON body escapes < and > as \u003c, \u003e
+    assert field_path in said, f"the apiserver's message does not name {field_path}: {said}"
+    assert message in said, f"the apiserver's message lacks {message!r}: {said}"
     assert tuning.get_study(name) is None
 
 
