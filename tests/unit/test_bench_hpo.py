@@ -31,6 +31,19 @@ def test_pruned_trials_never_count_toward_the_target():
     assert an.time_to_target(_trials((None, 1.0), (0.99, 4.0)), 0.97) == 4.0
 
 
+def test_expected_time_to_target_over_random_grid_orders():
+    import itertools
+
+    values, seconds = [0.9, 0.99, 0.8, 0.99], [1.0, 2.0, 3.0, 4.0]
+    by_order = [
+        an.time_to_target(an.sequential_trials([values[i] for i in p], [seconds[i] for i in p]), 0.98)
+        for p in itertools.permutations(range(4))
+    ]
+    exact = sum(by_order) / len(by_order)
+    assert an.expected_time_to_target(values, seconds, 0.98) == pytest.approx(exact)
+    assert an.expected_time_to_target(values, seconds, 0.995) == INF
+
+
 def test_sequential_trials_accumulate_wall_time():
     trials = an.sequential_trials([0.9, None, 0.95], [2.0, 1.0, 3.0])
     assert [t["t_end"] for t in trials] == [2.0, 3.0, 6.0]
@@ -139,11 +152,13 @@ def test_time_to_target_against_the_grid_in_each_seeds_order():
     assert ttt["speedup_per_seed"] == [5.0, 0.0]
     assert ttt["grid_configs_reaching"] == 1
     assert ttt["grid_exhaustive_s"] == 40.0
+    assert ttt["seeds_at_10x"] == 0
+    assert ttt["grid_expected_s"] == pytest.approx(30.0 / 2 + 10.0)  # 3 misses, 1 hit
 
 
 def test_pruning_and_tuned_vs_default_per_seed():
     ds = _dataset()
-    p = sm.pruning(ds, sm.TPE_PRUNED)
+    p = sm.pruning(ds, sm.TPE_PRUNED, epochs=5)
     assert [r["saved"] for r in p["rows"]] == pytest.approx([0.4, 0.2])
     assert [r["auc_cost_points"] for r in p["rows"]] == pytest.approx([4.0, -0.5])
     t = sm.tuned_vs_default(ds)

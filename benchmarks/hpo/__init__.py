@@ -1,0 +1,1 @@
+"""The hyper-parameter search benchmark of issue 6 (run: python -m benchmarks.hpo [--quick])."""

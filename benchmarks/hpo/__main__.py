@@ -1,0 +1,3 @@
+from benchmarks.hpo.run import main
+
+main()
