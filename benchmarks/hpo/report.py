@@ -83,7 +83,7 @@ def headline_rows(payload: dict[str, Any]) -> list[list[str]]:
                 [
                     name,
                     f"3 · pruning `{spec}`: epochs saved / AUC cost (points)",
-                    f"{fmt_spread(p['saved'], '.0f', 100, '%')} / {fmt_spread(p['auc_cost_points'], '+.3f')}",
+                    f"{fmt_spread(p['saved'], '.1f', 100, '%')} / {fmt_spread(p['auc_cost_points'], '+.3f')}",
                     f">= 40% at <= 0.2 pt (medians): {verdict(ok)}",
                 ]
             )
@@ -178,7 +178,7 @@ def _pruning_section(payload: dict[str, Any]) -> str:
                 [
                     name,
                     f"`{spec}`",
-                    fmt_spread(p["saved"], ".0f", 100, "%"),
+                    fmt_spread(p["saved"], ".1f", 100, "%"),
                     fmt_spread(p["auc_cost_points"], "+.3f"),
                     fmt_spread(p["wall_saved"], ".0f", 100, "%"),
                     fmt_spread(p["n_pruned"], ".0f"),
@@ -254,7 +254,7 @@ def _replay_section(payload: dict[str, Any]) -> str:
                 [
                     name,
                     f"`{spec}`",
-                    fmt_spread(p["saved"], ".0f", 100, "%"),
+                    fmt_spread(p["saved"], ".1f", 100, "%"),
                     fmt_spread(p["auc_cost_points"], "+.3f"),
                     fmt_spread(p["n_pruned"], ".0f"),
                 ]
@@ -608,7 +608,7 @@ def _reading(payload: dict[str, Any]) -> str:
             and as_float(p["auc_cost_points"]["median"]) <= PRUNE_COST_TARGET_POINTS
         ]
         lines.append(
-            f"3. The trainer's default pruner saves {fmt(prune['saved']['median'], '.0f', 100, '%')} of "
+            f"3. The trainer's default pruner saves {fmt(prune['saved']['median'], '.1f', 100, '%')} of "
             f"epochs (median) at {fmt(prune['auc_cost_points']['median'], '+.3f')} pt. Replayed settings "
             f"at the target (medians): {', '.join(f'`{r}`' for r in replay_ok) if replay_ok else 'none'}."
         )
@@ -619,7 +619,7 @@ def _reading(payload: dict[str, Any]) -> str:
                 and as_float(alt["auc_cost_points"]["median"]) <= PRUNE_COST_TARGET_POINTS
             )
             lines.append(
-                f"   Measured, `{st['alt_pruner']}` saves {fmt(alt['saved']['median'], '.0f', 100, '%')} at "
+                f"   Measured, `{st['alt_pruner']}` saves {fmt(alt['saved']['median'], '.1f', 100, '%')} at "
                 f"{fmt(alt['auc_cost_points']['median'], '+.3f')} pt (medians; cost up to "
                 f"{fmt(alt['auc_cost_points']['max'], '+.3f')} pt): target {'met' if ok else 'not met'}."
             )

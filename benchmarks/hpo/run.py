@@ -6,7 +6,7 @@ a rotating order so load drift hits every arm alike:
   random, tpe                       no pruning, 1 trial at a time            (figure 1, 3, 5)
   tpe_pruned                        the trainer's median pruner, 1 at a time (figure 3, 4)
   tpe_pruned_par2                   the same, 2 trials at once (n_jobs=2)    (figure 2, 4)
-  tpe_alt_pruned                    an alternative pruner, 1 at a time       (figure 3, optional)
+  tpe_alt_pruned                    --alt-pruner, 1 at a time (none: off)    (figure 3)
 Every trial trains with one torch thread, so 2 parallel trials use the machine's 2 cores.
 
 Usage: python -m benchmarks.hpo [--quick] [--seeds 5] [--trials 12] [--epochs 4] [--alt-pruner SPEC] ...
