@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from dmlt_operator import API_VERSION, KIND
-from dmlt_operator.resources import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
+from dmlt_operator.resources import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY, JobRef
 from dmlt_operator.spec import check_job_name, parse_spec
 from dmlt_operator.study_spec import (
     MAX_FAILED_TRIALS,
@@ -50,24 +49,11 @@ ATTR_RUN_ID = "dmlt.mlflow_run_id"
 ATTR_MODEL_URI = "dmlt.model_uri"
 
 
-@dataclass(frozen=True, slots=True)
-class StudyRef:
-    """The identity of a TuningStudy object: enough to name and own its trial jobs."""
+class StudyRef(JobRef):
+    """The identity of a TuningStudy object: enough to name and own its trial jobs (the same
+    metadata fields as a TrainingJob's)."""
 
-    name: str
-    namespace: str
-    uid: str
-    generation: int = 1
-
-    @classmethod
-    def from_body(cls, body: Any) -> StudyRef:
-        meta = body["metadata"]
-        return cls(
-            name=meta["name"],
-            namespace=meta.get("namespace") or "default",
-            uid=meta.get("uid") or "",
-            generation=int(meta.get("generation") or 1),
-        )
+    __slots__ = ()
 
     @property
     def optuna_name(self) -> str:

@@ -1,4 +1,4 @@
-"""A real MLflow tracking server on loopback for the integration tests."""
+"""Real servers for the integration tests: MLflow on loopback, and a throwaway PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.postgres_server import PostgresServer, PostgresUnavailable
 
 
 def _free_port() -> int:
@@ -67,3 +69,14 @@ def mlflow_server(tmp_path_factory) -> str:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server (initdb + pg_ctl as a non-root user), one per test module."""
+    try:
+        server = PostgresServer.create()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc))
+    with server:
+        yield server

@@ -10,20 +10,9 @@ import pytest
 from dmlt_operator import study_handlers as h
 from dmlt_operator.study_storage import StudyStore
 
-from tests.postgres_server import PostgresServer, PostgresUnavailable
 from tests.unit.test_study_handlers import Harness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        server = PostgresServer.create()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc))
-    with server:
-        yield server
 
 
 @pytest.fixture

@@ -16,21 +16,10 @@ from dmlt_trainer.trial import STORAGE_ENV, attach_trial
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_env, json_events, run_cli
-from tests.postgres_server import PostgresServer, PostgresUnavailable
 
 pytestmark = pytest.mark.integration
 RUNNING = optuna.trial.TrialState.RUNNING
 LR = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        server = PostgresServer.create()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc))
-    with server:
-        yield server
 
 
 @pytest.fixture
