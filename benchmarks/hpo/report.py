@@ -73,6 +73,19 @@ def headline_rows(payload: dict[str, Any]) -> list[list[str]]:
                 f">= 10x on most seeds: {verdict(ttt['seeds_at_10x'] * 2 > n)}",
             ]
         )
+        answer = s["time_to_grid_answer"]
+        rows.append(
+            [
+                name,
+                "2 · search time: the exhaustive grid "
+                f"({fmt(answer['grid_exhaustive_s'], '.0f', unit=' s')}) ÷ "
+                f"TPE+pruning+2 parallel until within {100 * answer['gap']:.1f} pt of the grid's best "
+                f"({answer['grid_best']:.4f})",
+                f"{fmt_spread(answer['speedup'], '.1f', unit='x', inf='∞')}; >= 10x on "
+                f"{answer['seeds_at_10x']}/{n} seeds (TPE reached it on {answer['tuned_reached']}/{n})",
+                f">= 10x on most seeds: {verdict(answer['seeds_at_10x'] * 2 > n)}",
+            ]
+        )
         for arm, p in s["pruning"].items():
             spec = settings["pruner" if arm == sm.TPE_PRUNED else "alt_pruner"]
             ok = (
@@ -436,6 +449,15 @@ of its seed), so the two curves coincide up to trial 5.
 """,
         f"""## 2. Time to target
 
+Two readings of the original "10x less search time", both in the table above.
+
+- **Search time** (the original's sense): an exhaustive grid search gives its answer, the best
+  configuration, only after it has trained all of them, so its search time is the whole grid's measured
+  time, one trial at a time. TPE + pruning + {st["parallel"]} trials at once is timed until a trial within
+  {100 * st["target_gap"]:.1f} pt of that answer finished.
+- **First hit** (the stricter reading, detailed below): both timed until the first configuration near the
+  best known value, the grid in each seed's random order, which a grid search cannot know it has found.
+
 Target: val AUC >= best known − gap; best known is the best val AUC of any configuration trained anywhere
 in this benchmark on that dataset (every arm and seed, the grid, the default). Only completed trials count.
 
@@ -592,6 +614,16 @@ def _reading(payload: dict[str, Any]) -> str:
                 f"{fmt(ttt['speedup']['median'], '.1f', unit='x', inf='∞')} (against the grid's mean over "
                 f"all orders {fmt(ttt['speedup_vs_expected']['median'], '.1f', unit='x', inf='∞')})."
             )
+        answer = s["time_to_grid_answer"]
+        lines.append(
+            f"   As search time, the exhaustive grid takes {answer['grid_exhaustive_s']:.0f} s to give its "
+            "answer "
+            f"({answer['grid_best']:.4f}); TPE + pruning + {st['parallel']} at once came within "
+            f"{100 * answer['gap']:.1f} pt of it on {answer['tuned_reached']}/{n} seeds, median "
+            f"{fmt(answer['tuned']['median'], '.1f', unit=' s')}: "
+            f"{fmt(answer['speedup']['median'], '.1f', unit='x', inf='∞')} less search time "
+            f"(>= 10x on {answer['seeds_at_10x']}/{n} seeds)."
+        )
         rows = int(ds["rows"]["val"])
         if rows < 500:
             step = 4.0 / rows**2  # 1/(pos*neg) is smallest when the classes are balanced

@@ -28,18 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def build_pruner(spec: dict[str, Any], epochs: int):
-    """The study's pruner. Median specs go through the trainer's own factory (hpo.make_pruner)
-    so `median` is exactly what a default TuningStudy gets; `percentile` is benchmark-only."""
-    import optuna
-
-    if spec["kind"] == "percentile":
-        return optuna.pruners.PercentilePruner(
-            spec["percentile"], n_startup_trials=spec["startup"], n_warmup_steps=spec["warmup"]
-        )
+    """The study's pruner, through the trainer's own factory (hpo.make_pruner): `median` is
+    exactly what a default hp_search gets, and every spec is a setting a study can choose."""
     if spec["kind"] == "none":
         return hpo.make_pruner(HPOConfig(pruner="none"), epochs)
     settings = HPOConfig(
-        pruner="median", pruner_startup_trials=spec["startup"], pruner_warmup_steps=spec["warmup"]
+        pruner=spec["kind"],
+        pruner_startup_trials=spec["startup"],
+        pruner_warmup_steps=spec["warmup"],
+        pruner_percentile=spec.get("percentile", 25.0),
     )
     return hpo.make_pruner(settings, epochs)
 
@@ -170,8 +167,8 @@ def grid_order(seed: int) -> list[str]:
 
 def replay_pruner(histories: list[list[float]], spec: dict[str, Any], epochs: int) -> list[dict[str, Any]]:
     """Epochs each trial would have run had `spec` pruned this fixed sequence of trials (their
-    per-epoch val AUC, in order): Optuna's own pruner, asked after every epoch as the Trainer
-    does (the last one included), without any training. Sampling is not replayed: a real pruned
+    per-epoch val AUC, in order): Optuna's own pruner, asked after every epoch but the last, as
+    the Trainer does, without any training. Sampling is not replayed: a real pruned
     search would have asked for different trials after the first prune."""
     import optuna
 
@@ -181,7 +178,7 @@ def replay_pruner(histories: list[list[float]], spec: dict[str, Any], epochs: in
         trial = study.ask()
         for step, value in enumerate(history):
             trial.report(value, step)
-            if trial.should_prune():
+            if step < len(history) - 1 and trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 out.append({"epochs_run": step + 1, "value": None})
                 break

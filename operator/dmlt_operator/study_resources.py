@@ -121,6 +121,7 @@ def trial_flags(spec: TuningStudySpec, ref: StudyRef, number: int, parent_run_id
         "--pruner", p.name,
         "--pruner-startup-trials", str(p.startup_trials),
         "--pruner-warmup-steps", str(p.warmup_steps),
+        "--pruner-percentile", repr(float(p.percentile)),
         "--pruner-min-resource", str(p.min_resource),
         "--pruner-reduction-factor", str(p.reduction_factor),
     ]  # fmt: skip

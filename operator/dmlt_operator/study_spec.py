@@ -31,7 +31,14 @@ MAX_STUDY_NAME = 40
 """Trial jobs are named `<study>-t<N>`; N stays below MAX_TRIALS + MAX_FAILED_TRIALS (5 digits),
 and a TrainingJob name may have 50 characters."""
 MAX_GRID = 100_000
-METRIC_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,62}$")
+# What the trainer logs on every evaluated epoch (dmlt_trainer.config.EPOCH_METRICS, which the
+# operator does not import): an objective must be one of them. A unit test keeps them equal.
+OBJECTIVE_METRICS = (
+    "val_auc", "val_pr_auc", "val_f1", "val_accuracy", "val_precision", "val_recall",
+    "val_specificity", "val_mcc", "val_brier", "val_loss", "best_val_auc", "train_loss",
+    "train_accuracy", "generalization_gap", "grad_norm", "lr", "epoch_time_s", "eval_time_s",
+    "samples_per_sec",
+)  # fmt: skip
 DIMS_RE = re.compile(r"^[0-9]+(-[0-9]+)*$")
 
 # Tunable trainer settings: parameter name (the TrainingJob's trainer field) → value kind.
@@ -44,7 +51,7 @@ PARAMETER_KINDS: dict[str, str] = {
     "hiddenDims": "dims",
 }
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -59,8 +66,16 @@ class _Model(BaseModel):
 class ObjectiveSpec(_Model):
     """What the study optimizes: a per-epoch metric the trainer logs, and which way."""
 
-    metric: Annotated[str, Field(pattern=METRIC_RE.pattern)] = "val_auc"
+    metric: str = "val_auc"
     direction: Literal["maximize", "minimize"] = "maximize"
+
+    @field_validator("metric")
+    @classmethod
+    def _logged_by_the_trainer(cls, value: str) -> str:
+        if value not in OBJECTIVE_METRICS:
+            metrics = ", ".join(OBJECTIVE_METRICS)
+            raise ValueError(f"{value!r} is not a metric the trainer logs per epoch; one of: {metrics}")
+        return value
 
 
 def trainer_value(name: str, raw: Any) -> Any:
@@ -207,9 +222,10 @@ class AlgorithmSpec(_Model):
 class PrunerSpec(_Model):
     """How trials that fall behind are stopped early (the trainer asks after each epoch)."""
 
-    name: Literal["median", "hyperband", "none"] = "median"
+    name: Literal["median", "percentile", "hyperband", "none"] = "median"
     startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] = 5
     warmup_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
+    percentile: Annotated[float, Field(gt=0, lt=100)] = 25.0
     min_resource: Annotated[int, Field(ge=1, le=100_000)] = 1
     reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3
 

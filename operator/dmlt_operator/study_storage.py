@@ -146,6 +146,10 @@ def build_pruner(spec: TuningStudySpec) -> optuna.pruners.BasePruner:
             max_resource=max(max_epochs(spec), p.min_resource),
             reduction_factor=p.reduction_factor,
         )
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps
+        )
     return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps)
 
 

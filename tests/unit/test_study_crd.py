@@ -18,7 +18,9 @@ import yaml
 from dmlt_operator import GROUP, VERSION
 from dmlt_operator import study_reconcile as sr
 from dmlt_operator.study_resources import StudyRef
-from dmlt_operator.study_spec import STUDY_KIND, STUDY_PLURAL, parse_study_spec
+from dmlt_operator.study_spec import OBJECTIVE_METRICS, PRUNERS, STUDY_KIND, STUDY_PLURAL, parse_study_spec
+from dmlt_trainer.config import EPOCH_METRICS
+from dmlt_trainer.config import PRUNERS as TRAINER_PRUNERS
 
 from tests.unit.test_crd_schema import apply_defaults, assert_fits, to_cel, walk
 
@@ -52,6 +54,16 @@ def sync_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_objective_metrics_and_pruners_are_the_trainers(schema):
+    """The operator cannot import the trainer, so it keeps copies: of the metrics the trainer
+    logs per epoch (an objective names one) and of the pruners it builds."""
+    spec = schema["properties"]["spec"]["properties"]
+    assert OBJECTIVE_METRICS == EPOCH_METRICS
+    assert spec["objective"]["properties"]["metric"]["enum"] == list(EPOCH_METRICS)
+    assert PRUNERS == TRAINER_PRUNERS
+    assert spec["pruner"]["properties"]["name"]["enum"] == list(TRAINER_PRUNERS)
 
 
 # --------------------------------------------------------------------------- the template copy

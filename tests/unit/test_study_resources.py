@@ -97,6 +97,7 @@ def test_trial_flags_follow_the_users_extra_args():
         "--pruner": "median",
         "--pruner-startup-trials": "2",
         "--pruner-warmup-steps": "1",
+        "--pruner-percentile": "25.0",
         "--pruner-min-resource": "1",
         "--pruner-reduction-factor": "3",
         "--parent-run-id": "parent123",

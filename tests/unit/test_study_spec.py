@@ -117,6 +117,11 @@ def test_study_level_rules():
         (study(lr, pruner={"name": "hyperband", "reductionFactor": 1}), "spec.pruner.reductionFactor"),
         (study(lr, storage={"secretRef": {"name": "db", "key": "a/b"}}), "spec.storage.secretRef.key"),
         (study(lr, objective={"metric": "val auc"}), "spec.objective.metric"),
+        (
+            study(lr, objective={"metric": "val_auroc"}),
+            "'val_auroc' is not a metric the trainer logs per epoch",
+        ),
+        (study(lr, pruner={"name": "percentile", "percentile": 100}), "spec.pruner.percentile"),
         (study(lr, unknown=1), "spec.unknown"),
         ({"parameters": [lr]}, "spec.trialTemplate: Field required"),
         (study(lr, trialTemplate={"image": "i", "replicas": 0}), "spec.trialTemplate.replicas"),

@@ -181,6 +181,9 @@ def test_samplers_and_pruners_by_name():
     )
     assert max_epochs(tuned) == 12
     assert isinstance(build_pruner(spec(pruner={"name": "none"})), optuna.pruners.NopPruner)
+    percentile = build_pruner(spec(pruner={"name": "percentile", "percentile": 10, "startupTrials": 1}))
+    assert isinstance(percentile, optuna.pruners.PercentilePruner)
+    assert (percentile._percentile, percentile._n_startup_trials) == (10.0, 1)
 
 
 def test_delete_only_our_own_study(store, url):

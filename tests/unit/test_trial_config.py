@@ -64,7 +64,9 @@ def test_ddp_mode_may_run_a_trial():
     [
         (["--objective", "val_auroc"], "objective 'val_auroc' is not a metric the trainer logs per epoch"),
         (["--direction", "up"], "direction must be one of maximize, minimize; got 'up'"),
-        (["--pruner", "asha"], "pruner must be one of median, hyperband, none"),
+        (["--pruner", "asha"], "pruner must be one of median, percentile, hyperband, none"),
+        (["--pruner-percentile", "100"], "pruner_percentile must be in \\(0, 100\\); got 100.0"),
+        (["--pruner-percentile", "0"], "pruner_percentile must be in \\(0, 100\\); got 0.0"),
         (["--pruner-startup-trials", "-1"], "pruner_startup_trials must be >= 0"),
         (["--pruner-warmup-steps", "-2"], "pruner_warmup_steps must be >= 0"),
         (["--pruner-min-resource", "0"], "pruner_min_resource must be > 0"),

@@ -148,6 +148,11 @@ def test_pruners_from_the_hpo_section():
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
     assert (hyperband._min_resource, hyperband._max_resource, hyperband._reduction_factor) == (1, 9, 2)
     assert isinstance(make_pruner(build_config({}, {"pruner": "none"}).hpo, 5), optuna.pruners.NopPruner)
+    percentile = make_pruner(
+        build_config({}, {"pruner": "percentile", "pruner_percentile": 10, "pruner_startup_trials": 1}).hpo, 5
+    )
+    assert isinstance(percentile, optuna.pruners.PercentilePruner)
+    assert (percentile._percentile, percentile._n_startup_trials, percentile._n_warmup_steps) == (10.0, 1, 1)
 
 
 def _result(status="completed", history=None, epochs_run=3):
@@ -273,6 +278,18 @@ def test_the_callback_runs_on_evaluated_epochs_and_its_true_stops_the_run(tmp_pa
     result = Trainer(cfg, DistContext(), data, epoch_callback=callback).fit()
     assert epochs == [1, 3]
     assert (result.status, result.epochs_run) == ("pruned", 4)
+
+
+def test_a_prune_after_the_last_epoch_keeps_the_finished_run(tmp_path):
+    """Nothing is left to save after the last epoch: the run completes with its result."""
+    cfg, data = _tiny(tmp_path, epochs=2)
+    epochs = []
+    result = Trainer(cfg, DistContext(), data, epoch_callback=lambda e, m: epochs.append(e) or True).fit()
+    assert epochs == [0]  # pruned at the first epoch, the second never ran
+    cfg, data = _tiny(tmp_path, epochs=2, run_name="later")
+    result = Trainer(cfg, DistContext(), data, epoch_callback=lambda e, m: epochs.append(e) or e == 1).fit()
+    assert epochs == [0, 0, 1]
+    assert (result.status, result.epochs_run) == ("completed", 2)
 
 
 def test_a_failing_callback_fails_the_run(tmp_path):

@@ -23,7 +23,7 @@ MODES = ("single", "ddp", "hp_search", "benchmark")
 DATASETS = ("synthetic", "synthetic_large", "breast_cancer", "covertype", "file")
 BACKENDS = ("auto", "gloo", "nccl")
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "hyperband", "none")
 HP_ENGINES = ("optuna", "ray")
 DIRECTIONS = ("maximize", "minimize")
 # What the Trainer logs on every evaluated epoch (train.Trainer.fit): the names an objective may
@@ -183,8 +183,11 @@ class DistConfig:
     """Tell DDP the graph never changes (enables its static-graph optimisations)."""
     comm_hook: str = "none"
     """DDP communication hook: none, fp16 (compress gradients) or bf16."""
-    broadcast_buffers: bool = True
-    """Broadcast BatchNorm running stats from rank 0 each step (DDP default)."""
+    broadcast_buffers: bool = False
+    """Broadcast BatchNorm running stats from rank 0 before every forward (DDP's default).
+    Off by default: training-mode BatchNorm normalises with batch statistics, so the running
+    stats only matter for evaluation, and rank 0's are broadcast once per epoch before it;
+    that ends in the same state as the per-step broadcast without a collective per step."""
     timeout_s: int = 600
     """Process-group timeout, also how long ranks wait for each other at start."""
 
@@ -221,11 +224,14 @@ class HPOConfig:
     sampler: str = "tpe"
     """Optuna sampler: tpe, random or grid."""
     pruner: str = "median"
-    """Optuna pruner on the per-epoch objective: median, hyperband or none."""
+    """Optuna pruner on the per-epoch objective: median, percentile, hyperband or none."""
     pruner_startup_trials: int = 3
-    """median: trials that must complete before any trial is pruned."""
+    """median, percentile: trials that must complete before any trial is pruned."""
     pruner_warmup_steps: int = 1
-    """median: epochs a trial runs before it may be pruned."""
+    """median, percentile: epochs a trial runs before it may be pruned."""
+    pruner_percentile: float = 25.0
+    """percentile: a trial is pruned below this percentile of earlier trials at the same epoch
+    (median is percentile 50; lower keeps fewer trials)."""
     pruner_min_resource: int = 1
     """hyperband: epochs every trial runs before its first rung."""
     pruner_reduction_factor: int = 3
@@ -267,6 +273,8 @@ class HPOConfig:
             raise ConfigError("the ray engine optimizes val_auc (maximize) only; use hp_engine optuna")
         for name in ("pruner_startup_trials", "pruner_warmup_steps"):
             _positive(name, getattr(self, name), allow_zero=True)
+        if not 0.0 < self.pruner_percentile < 100.0:
+            raise ConfigError(f"pruner_percentile must be in (0, 100); got {self.pruner_percentile!r}")
         _positive("pruner_min_resource", self.pruner_min_resource)
         if self.pruner_reduction_factor < 2:
             raise ConfigError(f"pruner_reduction_factor must be >= 2; got {self.pruner_reduction_factor!r}")

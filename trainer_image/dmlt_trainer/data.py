@@ -69,9 +69,9 @@ def make_synthetic(n_samples: int, n_features: int, seed: int) -> tuple[np.ndarr
         informative = rng.standard_normal((size, n_informative), dtype=np.float32)
         half = n_informative // 2
         interactions = informative[:, :half] * informative[:, half : 2 * half]
-        logits[start:stop] = informative @ weights / math.sqrt(n_informative) * 2.5 + np.tanh(
-            interactions
-        ) @ pair_weights
+        logits[start:stop] = (
+            informative @ weights / math.sqrt(n_informative) * 2.5 + np.tanh(interactions) @ pair_weights
+        )
         block = np.empty((size, n_features), dtype=np.float32)
         block[:, :n_informative] = informative
         block[:, n_informative : n_informative + n_redundant] = informative @ mixing

@@ -342,7 +342,9 @@ class Trainer:
                 self.tracker.log_metrics(metrics, step=epoch)
                 progress.update(epoch, metrics)
                 if self.epoch_callback is not None and evaluated:
-                    if self._rank0_decides(epoch, metrics):
+                    # after the last epoch there is nothing left to save: a "prune" then would
+                    # only throw away a finished trial's result
+                    if self._rank0_decides(epoch, metrics) and not last:
                         status = "pruned"
                         break
                 patience = cfg.train.early_stopping_patience

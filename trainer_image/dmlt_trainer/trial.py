@@ -195,6 +195,12 @@ def make_pruner(hpo: HPOConfig, epochs: int):
             max_resource=max(epochs, hpo.pruner_min_resource),
             reduction_factor=hpo.pruner_reduction_factor,
         )
+    if hpo.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(
+            hpo.pruner_percentile,
+            n_startup_trials=hpo.pruner_startup_trials,
+            n_warmup_steps=hpo.pruner_warmup_steps,
+        )
     return optuna.pruners.MedianPruner(
         n_startup_trials=hpo.pruner_startup_trials, n_warmup_steps=hpo.pruner_warmup_steps
     )
