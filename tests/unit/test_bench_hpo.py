@@ -156,6 +156,17 @@ def test_time_to_target_against_the_grid_in_each_seeds_order():
     assert ttt["grid_expected_s"] == pytest.approx(30.0 / 2 + 10.0)  # 3 misses, 1 hit
 
 
+def test_search_time_is_the_whole_grid_against_reaching_its_answer():
+    ds = _dataset()
+    ds["grid"][3]["value"] = 0.97  # the grid's answer is now 0.97 (two configs), below TPE's 0.99
+    answer = sm.time_to_grid_answer(ds, gap=0.001)
+    assert (answer["grid_best"], answer["grid_exhaustive_s"]) == (0.97, 40.0)
+    assert answer["target"] == pytest.approx(0.969)
+    assert answer["tuned_s"] == {0: 2.0, 1: 4.0}  # seed 1 reaches 0.97 with its second trial
+    assert answer["speedup_per_seed"] == [20.0, 10.0]
+    assert (answer["seeds_at_10x"], answer["tuned_reached"]) == (2, 2)
+
+
 def test_pruning_and_tuned_vs_default_per_seed():
     ds = _dataset()
     p = sm.pruning(ds, sm.TPE_PRUNED, epochs=5)
