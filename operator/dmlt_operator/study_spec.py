@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -50,9 +50,12 @@ PARAMETER_KINDS: dict[str, str] = {
     "epochs": "int",
     "hiddenDims": "dims",
 }
-ALGORITHMS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("median", "percentile", "hyperband", "none")
-DIRECTIONS = ("maximize", "minimize")
+AlgorithmName = Literal["tpe", "random", "grid", "cmaes"]
+PrunerName = Literal["median", "percentile", "hyperband", "none"]
+Direction = Literal["maximize", "minimize"]
+ALGORITHMS = get_args(AlgorithmName)
+PRUNERS = get_args(PrunerName)
+DIRECTIONS = get_args(Direction)
 
 
 class StudySpecError(SpecError):
@@ -67,7 +70,7 @@ class ObjectiveSpec(_Model):
     """What the study optimizes: a per-epoch metric the trainer logs, and which way."""
 
     metric: str = "val_auc"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Direction = "maximize"
 
     @field_validator("metric")
     @classmethod
@@ -213,7 +216,7 @@ class ParameterSpec(_Model):
 class AlgorithmSpec(_Model):
     """How the next configuration is chosen."""
 
-    name: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    name: AlgorithmName = "tpe"
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] | None = None
     """Random trials before TPE / CMA-ES start modelling (None: Optuna's default)."""
@@ -222,7 +225,7 @@ class AlgorithmSpec(_Model):
 class PrunerSpec(_Model):
     """How trials that fall behind are stopped early (the trainer asks after each epoch)."""
 
-    name: Literal["median", "percentile", "hyperband", "none"] = "median"
+    name: PrunerName = "median"
     startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] = 5
     warmup_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
     percentile: Annotated[float, Field(gt=0, lt=100)] = 25.0
