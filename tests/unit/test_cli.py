@@ -39,3 +39,27 @@ def test_ray_engine_without_ray_names_the_extra(monkeypatch, capsys, tmp_path):
     )
     err = capsys.readouterr().err
     assert "pip install '.[ray]'" in err and err.count("\n") == 1
+
+
+def test_every_flag_has_a_help_text_with_its_default():
+    from dmlt_trainer.cli import build_parser
+    from dmlt_trainer.config import config_fields
+
+    actions = {a.dest: a for a in build_parser()._actions}
+    for name, field in config_fields().items():
+        text = actions[name].help
+        assert field.info.description and field.info.description in text, f"--{name} has no help text"
+        default = field.info.get_default(call_default_factory=True)
+        assert text.endswith(f"(default: {default!r})"), f"--{name} does not show its default"
+
+
+@pytest.mark.parametrize(
+    "argv, old_argv",
+    [(["--no-mlflow"], ["--no-enabled"]), (["--target-column", "label"], ["--target", "label"])],
+)
+def test_renamed_flags_and_their_old_spelling_set_the_same_field(argv, old_argv):
+    from dmlt_trainer.cli import parse_config
+
+    base = ["--dataset", "file", "--data-path", "x.csv", "--target-column", "y"]
+    assert parse_config([*base, *argv]) == parse_config([*base, *old_argv])
+    assert parse_config([*base, *argv]) != parse_config(base)

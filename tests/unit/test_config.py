@@ -76,3 +76,43 @@ def test_flat_params_cover_every_section():
     params = build_config().flat_params()
     assert params["model.hidden_dims"] == [512, 256, 128]
     assert {"optim.lr", "train.epochs", "dist.backend", "data.dataset", "mode"} <= params.keys()
+
+
+def test_none_words_lists_and_numbers_from_text():
+    cfg = build_config(
+        {}, {"threads": "none", "world_sizes": "1,4", "datasets": "synthetic,file", "run_name": 7}
+    )
+    assert cfg.train.threads is None and cfg.benchmark.world_sizes == [1, 4]
+    assert cfg.benchmark.datasets == ["synthetic", "file"] and cfg.run_name == "7"
+    assert build_config({}, {"register_model": "none"}).tracking.register_model == "none"  # a name
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"val_fraction": "0.5"}, "val_fraction must be in (0, 0.5); got 0.5"),
+        ({"dropout": 1}, "dropout must be in [0, 1); got 1.0"),
+        ({"world_sizes": "1,0"}, "world_sizes must be >= 1; got 0"),
+        ({"datasets": "mnist"}, "datasets must be one of synthetic, synthetic_large, breast_cancer"),
+        ({"epochs": 2.5}, "epochs: cannot read 2.5 as int"),
+        ({"run_name": "a/b"}, "run_name must be non-empty without '/'; got 'a/b'"),
+        ({"model_sizes": "64-x"}, "hidden_dims must be integers"),
+    ],
+)
+def test_validation_errors_are_one_line_naming_the_field(values, message):
+    with pytest.raises(ConfigError) as info:
+        build_config({}, values)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_yaml_sections_refuse_fields_of_other_sections():
+    with pytest.raises(ConfigError, match="unknown config field data.lr"):
+        build_config({"data": {"lr": 0.1}})
+    assert build_config({"optim": {"lr": 0.1}}).optim.lr == 0.1
+
+
+def test_a_section_built_directly_fails_with_a_config_error():
+    from dmlt_trainer.config import DataConfig
+
+    with pytest.raises(ConfigError, match="dataset 'file' needs --data-path"):
+        DataConfig(dataset="file")

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import types
 import typing
 from collections.abc import Sequence
 
-from dmlt_trainer.config import (
-    MODES,
-    RunConfig,
-    _base_type,
-    build_config,
-    field_index,
-    load_yaml,
-)
+from dmlt_trainer.config import ConfigField, RunConfig, build_config, config_fields, load_yaml
 from dmlt_trainer.errors import ConfigError
+
+# Flags whose field name alone does not say what they set; the first spelling is the flag's
+# name, the others are kept because existing commands use them.
+FLAG_NAMES = {
+    "enabled": ("--mlflow", "--enabled"),
+    "target": ("--target-column", "--target"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dmlt-train",
         description="Data-parallel training of a tabular net, with MLflow tracking and Optuna search.",
     )
-    parser.add_argument("--config", help="YAML file of config fields (nested by section or flat)")
+    parser.add_argument(
+        "--config", help="YAML file of config fields (nested by section or flat) (default: none)"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -32,30 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="override any config field, e.g. --set lr=0.001 (repeatable)",
     )
-    for name, info in field_index().items():
-        flag = "--" + name.replace("_", "-")
-        base = _base_type(info.type)
-        doc = (f"[{info.section}] " if info.section else "") + f"(default: {_default_text(info.field)})"
-        if name == "mode":
-            parser.add_argument(flag, dest=name, default=None, help=f"one of {', '.join(MODES)}")
-        elif base is bool:
-            parser.add_argument(
-                flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=doc
-            )
-        else:
-            kind = "LIST" if typing.get_origin(base) is list else getattr(base, "__name__", "VALUE").upper()
-            parser.add_argument(flag, dest=name, default=None, metavar=kind, help=doc)
+    for field in config_fields().values():
+        _add_flag(parser, field)
     return parser
 
 
-def _default_text(f) -> str:
-    import dataclasses
+def _add_flag(parser: argparse.ArgumentParser, field: ConfigField) -> None:
+    flags = FLAG_NAMES.get(field.name, ("--" + field.name.replace("_", "-"),))
+    default = field.info.get_default(call_default_factory=True)
+    section = f"[{field.section}] " if field.section else ""
+    text = f"{section}{field.info.description} (default: {default!r})".replace("%", "%%")
+    if field.info.annotation is bool:
+        action = argparse.BooleanOptionalAction
+        parser.add_argument(*flags, dest=field.name, default=None, action=action, help=text)
+    else:
+        kind = _metavar(field.info.annotation)
+        parser.add_argument(*flags, dest=field.name, default=None, metavar=kind, help=text)
 
-    if f.default is not dataclasses.MISSING:
-        return repr(f.default)
-    if f.default_factory is not dataclasses.MISSING:
-        return repr(f.default_factory())
-    return "-"
+
+def _metavar(annotation: typing.Any) -> str:
+    """INT, FLOAT, STR, LIST or NAME (one of a fixed set) for a field's type."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return "LIST"
+    if origin is typing.Literal:
+        return "NAME"
+    return getattr(annotation, "__name__", "VALUE").upper()
 
 
 def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
