@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from typing import Any
 
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from dmlt_contract import EVENT_EPOCH, format_event
 
 
 def emit_event(event: str, **fields: Any) -> None:
     """One JSON object per line on stdout: the channel the operator reads from Pod logs."""
-    payload = {"event": event, **fields}
-    if "metrics" in payload:
-        payload["metrics"] = {k: _clean(v) for k, v in payload["metrics"].items()}
-    sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+    sys.stdout.write(format_event(event, **fields) + "\n")
     sys.stdout.flush()
 
 
@@ -46,7 +37,7 @@ class EpochProgress:
             self.bar.update(1)
         else:
             emit_event(
-                "epoch", epoch=epoch + 1, epochs=self.epochs, metrics=metrics, mlflow_run_id=self.run_id
+                EVENT_EPOCH, epoch=epoch + 1, epochs=self.epochs, metrics=metrics, mlflow_run_id=self.run_id
             )
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+from dmlt_contract import EVENT_FINISHED
 
 from dmlt_trainer.config import RunConfig
 from dmlt_trainer.data import prepare
@@ -43,7 +44,7 @@ def run_training(cfg: RunConfig, announce: bool = True) -> FitResult:
             write_result(result, cfg.train.result_file, world_size=ctx.world_size)
         if announce and not os.isatty(1):
             emit_event(
-                "finished",
+                EVENT_FINISHED,
                 rank=ctx.rank,
                 world_size=ctx.world_size,
                 status=result.status,

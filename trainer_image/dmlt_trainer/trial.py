@@ -19,6 +19,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dmlt_contract import (
+    ATTR_EPOCHS,
+    ATTR_MODEL_URI,
+    ATTR_OUTCOME,
+    ATTR_RUN_ID,
+    ATTR_VALUE,
+    STORAGE_ENV,
+    build_pruner,
+)
+
 from dmlt_trainer.config import HPOConfig, RunConfig, redact_url
 from dmlt_trainer.errors import ConfigError
 
@@ -28,14 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STORAGE_ENV = "DMLT_OPTUNA_STORAGE"
 RETRY_DEADLINE_S = 120.0
-# The user attributes a finished run leaves on its trial (the operator reads them).
-ATTR_OUTCOME = "dmlt.outcome"
-ATTR_VALUE = "dmlt.value"
-ATTR_EPOCHS = "dmlt.epochs_run"
-ATTR_RUN_ID = "dmlt.mlflow_run_id"
-ATTR_MODEL_URI = "dmlt.model_uri"
 # Server-side refusals that no wait will fix: fail now instead of retrying for two minutes.
 _PERMANENT = ("authentication failed", "does not exist", "no pg_hba.conf entry", "permission denied")
 
@@ -181,29 +184,8 @@ class TrialReporter:
 
 
 def make_pruner(hpo: HPOConfig, epochs: int):
-    """The study's pruner from the hpo section (a pruner lives in the client, not the storage);
-    epochs: how many a trial runs at most."""
-    import optuna
-
-    if hpo.pruner == "none":
-        return optuna.pruners.NopPruner()
-    if hpo.pruner == "hyperband":
-        # max_resource from the trial's epochs, not "auto": the same on every trial of a study
-        # that does not search epochs, and known before any trial completes.
-        return optuna.pruners.HyperbandPruner(
-            min_resource=hpo.pruner_min_resource,
-            max_resource=max(epochs, hpo.pruner_min_resource),
-            reduction_factor=hpo.pruner_reduction_factor,
-        )
-    if hpo.pruner == "percentile":
-        return optuna.pruners.PercentilePruner(
-            hpo.pruner_percentile,
-            n_startup_trials=hpo.pruner_startup_trials,
-            n_warmup_steps=hpo.pruner_warmup_steps,
-        )
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=hpo.pruner_startup_trials, n_warmup_steps=hpo.pruner_warmup_steps
-    )
+    """The study's pruner from the hpo section; epochs: how many a trial runs at most."""
+    return build_pruner(hpo.pruner_settings, epochs)
 
 
 def attach_trial(cfg: RunConfig, is_main: bool, environ: dict[str, str] | None = None) -> TrialReporter:
