@@ -283,8 +283,25 @@ class Trainer:
         return binary_metrics(y, prob), prob
 
     def fit(self) -> FitResult:
-        cfg, ctx = self.cfg, self.ctx
+        """Resume if a checkpoint exists, train the remaining epochs, test, and report."""
         resumed = self._restore()
+        self._start_tracking(resumed)
+        progress = EpochProgress(
+            self.cfg.train.epochs, self.epoch, self.show_progress and self.ctx.is_main, self.mlflow_run_id
+        )
+        try:
+            status, metrics = self._train_epochs(progress)
+        except BaseException:
+            if self.ctx.is_main:
+                self.tracker.finish("FAILED")
+            raise
+        finally:
+            progress.close()
+        return self._test_and_report(status, metrics)
+
+    def _start_tracking(self, resumed: bool) -> None:
+        """Rank 0 opens (or reopens) the MLflow run; every rank learns its id."""
+        cfg, ctx = self.cfg, self.ctx
         if ctx.is_main:
             tags = {"dmlt.mode": cfg.mode, "dmlt.world_size": str(ctx.world_size)}
             if cfg.hpo.trial_number is not None:
@@ -303,60 +320,73 @@ class Trainer:
             if resumed:
                 self.tracker.set_tags({"dmlt.resumed_from_epoch": str(self.epoch)})
         self.mlflow_run_id = broadcast_object(ctx, self.mlflow_run_id)
-        progress = EpochProgress(
-            cfg.train.epochs, self.epoch, self.show_progress and ctx.is_main, self.mlflow_run_id
-        )
-        status = "completed"
+
+    def _train_epochs(self, progress: EpochProgress) -> tuple[str, dict[str, float]]:
+        """Epochs until the last, or until pruned or stopped early: the status and last metrics."""
         metrics: dict[str, float] = self.history[-1] if self.history else {}
-        try:
-            while self.epoch < cfg.train.epochs:
-                epoch = self.epoch
-                metrics = self._run_epoch(epoch)
-                self.train_seconds += metrics["epoch_time_s"]
-                if ctx.distributed:
-                    sync_buffers(ctx, self.model)
-                last = epoch == cfg.train.epochs - 1
-                is_best = False
-                evaluated = (epoch + 1) % cfg.train.eval_every == 0 or last
-                if evaluated:
-                    eval_start = time.perf_counter()
-                    val, _ = self.evaluate("val")
-                    skip = ("tp", "fp", "tn", "fn", "log_loss")  # log loss is logged as val_loss
-                    metrics.update({f"val_{k}": v for k, v in val.items() if k not in skip})
-                    metrics["val_loss"] = val["log_loss"]
-                    metrics["eval_time_s"] = time.perf_counter() - eval_start
-                    metrics["generalization_gap"] = metrics["val_loss"] - metrics["train_loss"]
-                    is_best = val["auc"] > self.best_val_auc
-                    if is_best:
-                        self.best_val_auc, self.best_epoch, self.stale_epochs = val["auc"], epoch, 0
-                    else:
-                        self.stale_epochs += 1
-                    target = cfg.train.target_auc
-                    if target is not None and self.time_to_target_s is None and val["auc"] >= target:
-                        self.time_to_target_s = self.train_seconds
-                metrics["best_val_auc"] = self.best_val_auc
-                metrics["epoch"] = epoch
-                self.history.append(metrics)
-                self.epoch = epoch + 1
-                self._save(is_best)
-                self.tracker.log_metrics(metrics, step=epoch)
-                progress.update(epoch, metrics)
-                if self.epoch_callback is not None and evaluated:
-                    # after the last epoch there is nothing left to save: a "prune" then would
-                    # only throw away a finished trial's result
-                    if self._rank0_decides(epoch, metrics) and not last:
-                        status = "pruned"
-                        break
-                patience = cfg.train.early_stopping_patience
-                if patience and self.stale_epochs >= patience:
-                    status = "early_stopped"
-                    break
-        except BaseException:
-            if ctx.is_main:
-                self.tracker.finish("FAILED")
-            raise
-        finally:
-            progress.close()
+        while self.epoch < self.cfg.train.epochs:
+            epoch = self.epoch
+            metrics, evaluated = self._epoch(epoch)
+            progress.update(epoch, metrics)
+            status = self._stop_status(epoch, metrics, evaluated)
+            if status is not None:
+                return status, metrics
+        return "completed", metrics
+
+    def _epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
+        """Train one epoch, validate when due, checkpoint and log it: its metrics, and whether
+        it was evaluated."""
+        metrics = self._run_epoch(epoch)
+        self.train_seconds += metrics["epoch_time_s"]
+        if self.ctx.distributed:
+            sync_buffers(self.ctx, self.model)
+        evaluated = (epoch + 1) % self.cfg.train.eval_every == 0 or self._is_last(epoch)
+        is_best = self._validate(epoch, metrics) if evaluated else False
+        metrics["best_val_auc"] = self.best_val_auc
+        metrics["epoch"] = epoch
+        self.history.append(metrics)
+        self.epoch = epoch + 1
+        self._save(is_best)
+        self.tracker.log_metrics(metrics, step=epoch)
+        return metrics, evaluated
+
+    def _is_last(self, epoch: int) -> bool:
+        return epoch == self.cfg.train.epochs - 1
+
+    def _validate(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Add the validation metrics to `metrics` and track the best AUC: True on a new best."""
+        eval_start = time.perf_counter()
+        val, _ = self.evaluate("val")
+        skip = ("tp", "fp", "tn", "fn", "log_loss")  # log loss is logged as val_loss
+        metrics.update({f"val_{k}": v for k, v in val.items() if k not in skip})
+        metrics["val_loss"] = val["log_loss"]
+        metrics["eval_time_s"] = time.perf_counter() - eval_start
+        metrics["generalization_gap"] = metrics["val_loss"] - metrics["train_loss"]
+        is_best = val["auc"] > self.best_val_auc
+        if is_best:
+            self.best_val_auc, self.best_epoch, self.stale_epochs = val["auc"], epoch, 0
+        else:
+            self.stale_epochs += 1
+        target = self.cfg.train.target_auc
+        if target is not None and self.time_to_target_s is None and val["auc"] >= target:
+            self.time_to_target_s = self.train_seconds
+        return is_best
+
+    def _stop_status(self, epoch: int, metrics: dict[str, float], evaluated: bool) -> str | None:
+        """Why the run ends after this epoch: pruned (the epoch callback says so), early_stopped
+        (patience ran out), or None to go on."""
+        if self.epoch_callback is not None and evaluated:
+            # after the last epoch there is nothing left to save: a "prune" then would only
+            # throw away a finished trial's result
+            if self._rank0_decides(epoch, metrics) and not self._is_last(epoch):
+                return "pruned"
+        patience = self.cfg.train.early_stopping_patience
+        if patience and self.stale_epochs >= patience:
+            return "early_stopped"
+        return None
+
+    def _test_and_report(self, status: str, metrics: dict[str, float]) -> FitResult:
+        """Test metrics, the run's result, and (rank 0) its closing MLflow records."""
         test, test_prob = self.evaluate("test")
         result = FitResult(
             status=status,
@@ -371,7 +401,7 @@ class Trainer:
             mlflow_run_id=self.mlflow_run_id,
             weights_sha256=weights_digest(self.model),
         )
-        if ctx.is_main:
+        if self.ctx.is_main:
             self._finish_tracking(result, test_prob)
         return result
 
