@@ -38,7 +38,6 @@ def _plots(cells: list[dict[str, Any]], out_dir: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
     fig, ax = plt.subplots(figsize=(6, 4))
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for c in cells:
@@ -46,14 +45,14 @@ def _plots(cells: list[dict[str, Any]], out_dir: Path) -> list[str]:
     for label, points in series.items():
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    ax.set_xlabel("world size")
-    ax.set_ylabel("samples / s")
-    ax.set_title("Throughput vs world size")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "throughput_vs_world_size.png", dpi=90)
-    plt.close(fig)
-    names.append("throughput_vs_world_size.png")
+    throughput = _save_plot(
+        fig,
+        out_dir / "throughput_vs_world_size.png",
+        "world size",
+        "samples / s",
+        "Throughput vs world size",
+        7,
+    )
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in cells:
@@ -61,15 +60,25 @@ def _plots(cells: list[dict[str, Any]], out_dir: Path) -> list[str]:
         ax.plot(
             range(1, len(aucs) + 1), aucs, marker=".", label=f"{c['dataset']} {c['model']} w{c['world_size']}"
         )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val AUC")
-    ax.set_title("Validation AUC per epoch")
-    ax.legend(fontsize=6)
+    auc = _save_plot(
+        fig, out_dir / "val_auc_per_epoch.png", "epoch", "val AUC", "Validation AUC per epoch", 6
+    )
+    return [throughput, auc]
+
+
+def _save_plot(fig, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int) -> str:
+    """Label the figure's one axes, write it as PNG and close it: the file's name."""
+    import matplotlib.pyplot as plt
+
+    (ax,) = fig.axes
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(out_dir / "val_auc_per_epoch.png", dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    names.append("val_auc_per_epoch.png")
-    return names
+    return path.name
 
 
 def render_markdown(payload: dict[str, Any], plots: list[str]) -> str:
