@@ -7,7 +7,8 @@ runs `dmlt-train --mode benchmark` (any extra flags are passed through) and writ
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer_image"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "trainer_image"), str(ROOT / "contract")]  # the trainer and its contract
 
 from dmlt_trainer.cli import main  # noqa: E402
 from dmlt_trainer.errors import ConfigError  # noqa: E402

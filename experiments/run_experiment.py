@@ -6,7 +6,8 @@ A thin entry point over `dmlt-train` (same flags, same code), kept so existing c
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer_image"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "trainer_image"), str(ROOT / "contract")]  # the trainer and its contract
 
 from dmlt_trainer.cli import main  # noqa: E402
 
