@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 import kopf
 
-from dmlt_operator.config import OperatorConfig
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.trainingjob import handlers as trainingjob_handlers
+from dmlt_operator.tuningstudy import handlers as tuningstudy_handlers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = OperatorConfig.from_env()
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
 
-    import dmlt_operator.handlers  # noqa: F401  (registers the handlers with kopf)
-    import dmlt_operator.study_handlers  # noqa: F401
+    registry = kopf.OperatorRegistry()
+    trainingjob_handlers.register(registry, cfg)
+    tuningstudy_handlers.register(registry, cfg)
 
     namespaces = tuple(args.namespace) or cfg.namespaces
     kopf.run(
@@ -44,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
         memo=kopf.Memo(config=cfg),
+        registry=registry,
     )
     return 0
 

@@ -18,11 +18,14 @@ from typing import Any
 
 import pytest
 import yaml
-from dmlt_operator import GROUP, KIND, PLURAL, VERSION
-from dmlt_operator import reconcile as rc
-from dmlt_operator import status as st
-from dmlt_operator.resources import JobRef
-from dmlt_operator.spec import parse_spec
+from dmlt_operator.core.objects import GROUP, VERSION
+from dmlt_operator.core.objects import JOB_KIND as KIND
+from dmlt_operator.core.objects import JOB_PLURAL as PLURAL
+from dmlt_operator.trainingjob import plan as rc
+from dmlt_operator.trainingjob import pods as pd
+from dmlt_operator.trainingjob import progress as pg
+from dmlt_operator.trainingjob.build import JobRef
+from dmlt_operator.trainingjob.spec import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -146,12 +149,12 @@ def test_status_schema_covers_what_the_operator_writes(schema):
     job = JobRef("ddp", "ns", "u", 1)
     spec = parse_spec({"image": "i", "replicas": 2})
     pods = [
-        st.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
+        pd.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
                       phase="Succeeded", ready=False, started=True, exit_code=0,
                       reason="Completed", message="done", node="n1")
         for r in range(2)
     ]  # fmt: skip
-    report = st.parse_trainer_log(
+    report = pg.parse_trainer_log(
         '{"event": "epoch", "epoch": 3, "epochs": 3, "metrics": {"val_auc": 0.9}, '
         '"mlflow_run_id": "r1"}\n'
         '{"event": "finished", "status": "completed", "world_size": 2, "mlflow_run_id": "r1", '
@@ -160,14 +163,14 @@ def test_status_schema_covers_what_the_operator_writes(schema):
     now = datetime(2026, 1, 1, tzinfo=UTC)
     p = rc.plan(job, spec, None, [], {}, now)
     running = [
-        st.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
+        pd.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
                       phase="Running", ready=True, started=True, node="n1")
         for r in range(2)
     ]  # fmt: skip
     p = rc.plan(job, spec, p.status, running, {}, now)
     p = rc.plan(job, spec, p.status, pods, {"ddp-0": report, "ddp-1": report}, now)
     assert p.status["phase"] == rc.SUCCEEDED
-    assert set(st.MANAGED_STATUS_KEYS) <= set(status_schema["properties"])
+    assert set(rc.MANAGED_STATUS_KEYS) <= set(status_schema["properties"])
     assert_fits(p.status, status_schema, ".status")
 
 

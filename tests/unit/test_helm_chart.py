@@ -145,7 +145,7 @@ def test_operator_deployment():
     assert env["DMLT_DEFAULT_TRACKING_URI"] == "http://dmlt-mlflow.dmlt.svc:5000"
     assert env["DMLT_HEALTH_PORT"] == "8080" and env["DMLT_METRICS_PORT"] == "9090"
     # Every DMLT_* variable the chart sets is one the operator reads.
-    from dmlt_operator.config import OperatorConfig
+    from dmlt_operator.core.config import OperatorConfig
 
     cfg = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("DMLT_")})
     assert cfg.default_tracking_uri == "http://dmlt-mlflow.dmlt.svc:5000"

@@ -8,9 +8,9 @@ from typing import Any
 
 import kopf
 import pytest
-from dmlt_operator import handlers
-from dmlt_operator import status as st
-from dmlt_operator.config import OperatorConfig
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.trainingjob import handlers
+from dmlt_operator.trainingjob import pods as pd
 from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.unit
@@ -72,7 +72,7 @@ def tick(b, kube, pods=()):
 
 
 def running_pod(rank, phase="Running"):
-    return st.PodSummary(
+    return pd.PodSummary(
         name=f"ddp-{rank}", rank=rank, attempt=0, owner_uid="job-uid", uid=f"p{rank}",
         phase=phase, ready=phase == "Running", started=True,
     )  # fmt: skip

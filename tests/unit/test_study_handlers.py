@@ -12,11 +12,11 @@ import kopf
 import optuna
 import pytest
 import sqlalchemy.exc
-from dmlt_operator import study_handlers as h
-from dmlt_operator import study_reconcile as sr
-from dmlt_operator.config import OperatorConfig
-from dmlt_operator.mlflow_rest import MlflowError
-from dmlt_operator.study_storage import StudyStore
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.tuningstudy import handlers as h
+from dmlt_operator.tuningstudy import plan as sr
+from dmlt_operator.tuningstudy.mlflow_rest import MlflowError
+from dmlt_operator.tuningstudy.store import StudyStore
 from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.unit
@@ -367,7 +367,7 @@ def test_retain_study_keeps_it(tmp_path):
 
 
 def test_secret_values_are_decoded():
-    from dmlt_operator.kube import Kube
+    from dmlt_operator.core.kube import Kube
 
     class Core:
         def read_namespaced_secret(self, name, namespace, _request_timeout=None):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import yaml
-from dmlt_operator.config import OperatorConfig
+from dmlt_operator.core.config import OperatorConfig
 
 from tests.unit.test_helm_chart import CHART, helm, render
 

@@ -16,7 +16,7 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from dmlt_operator import GROUP, PLURAL, VERSION
+from dmlt_operator.core.objects import GROUP, JOB_PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Kube:
         meta = job["metadata"]
         try:
             self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, job, _request_timeout=REQUEST_TIMEOUT
+                GROUP, VERSION, meta["namespace"], JOB_PLURAL, job, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -117,7 +117,12 @@ class Kube:
     def list_trainingjobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """The TrainingJobs of a namespace that match the selector (a fresh read, not a cache)."""
         listed = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
+            GROUP,
+            VERSION,
+            namespace,
+            JOB_PLURAL,
+            label_selector=label_selector,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         return list(listed.get("items") or [])
 
@@ -145,7 +150,7 @@ class Kube:
                 GROUP,
                 VERSION,
                 namespace,
-                PLURAL,
+                JOB_PLURAL,
                 name,
                 propagation_policy="Background",
                 _request_timeout=REQUEST_TIMEOUT,
@@ -158,7 +163,7 @@ class Kube:
 
     @staticmethod
     def post_event(body: Any, type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the TrainingJob (posted by kopf in the background)."""
+        """A Kubernetes Event on the object (posted by kopf in the background)."""
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
     # ---- helpers

@@ -1,13 +1,12 @@
-"""Prometheus metrics of the operator, served on their own port (config.metrics_port)."""
+"""Prometheus metrics of the operator, served on their own port (config.metrics_port).
+
+Each resource's handlers keep a `PhaseTracker` over their own gauge and phases."""
 
 from __future__ import annotations
 
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from dmlt_operator import study_reconcile
-from dmlt_operator.reconcile import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -82,9 +81,9 @@ for _state in ("COMPLETE", "PRUNED", "FAIL"):
 
 
 class PhaseTracker:
-    """Last seen phase of each object, folded into a gauge by phase (`dmlt_trainingjobs`)."""
+    """Last seen phase of each object, folded into a gauge by phase (e.g. `dmlt_trainingjobs`)."""
 
-    def __init__(self, gauge: Gauge = JOBS, phases: tuple[str, ...] = PHASES) -> None:
+    def __init__(self, gauge: Gauge, phases: tuple[str, ...]) -> None:
         self._lock = threading.Lock()
         self._gauge = gauge
         self._all = phases
@@ -114,10 +113,6 @@ class PhaseTracker:
     def _publish(self) -> None:
         for phase, count in self._count().items():
             self._gauge.labels(phase=phase).set(count)
-
-
-PHASE_TRACKER = PhaseTracker()
-STUDY_PHASE_TRACKER = PhaseTracker(STUDIES, study_reconcile.PHASES)
 
 
 def serve(port: int) -> None:
