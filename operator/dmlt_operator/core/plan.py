@@ -6,12 +6,18 @@ plan (returns it) or leaves the builder for the next step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from dmlt_operator.core.conditions import MAX_MESSAGE, ManagedStatus, clear_condition, set_condition
+from dmlt_operator.core.conditions import (
+    MAX_MESSAGE,
+    ManagedStatus,
+    clear_condition,
+    format_time,
+    set_condition,
+)
 from dmlt_operator.core.objects import ObjectRef
 
 
@@ -65,6 +71,14 @@ class StatusBuilder(Generic[PlanT]):
         self.conditions = clear_condition(
             self.conditions, type_, reason, message, self.now, self.ref.generation
         )
+
+    def ended(self, cond: str, reason: str, message: str, clears: Sequence[str]) -> None:
+        """The object ended: its completion time, its terminal condition `cond` set, and the
+        conditions `clears` set False."""
+        self.status["completionTime"] = format_time(self.now)
+        self.cond(cond, True, reason, message)
+        for type_ in clears:
+            self.clear(type_, reason, message)
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.plan.events.append(Event(type_, reason, message))

@@ -23,6 +23,11 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+def repeated(names: list[str]) -> str:
+    """The names that occur more than once, sorted and comma-separated ("" when none do)."""
+    return ", ".join(sorted({n for n in names if names.count(n) > 1}))
+
+
 def field_path(loc: tuple[Any, ...]) -> str:
     """`spec.trainer.hiddenDims[0]` for pydantic's error location of that field."""
     parts: list[str] = ["spec"]

@@ -90,6 +90,8 @@ class Plan:
 class JobBuilder(StatusBuilder[Plan]):
     """The job's status builder: a new phase is announced by an Event of its own name."""
 
+    ref: JobRef
+
     def finish(self, phase: str, message: str) -> Plan:
         if phase != self.old_phase and phase not in (FAILED, SUCCEEDED, RESTARTING, SUSPENDED):
             # Terminal, restart and suspend transitions post their own, more specific events.
@@ -145,14 +147,6 @@ def _pods_to_clean(pods: Sequence[pd.PodSummary], policy: str) -> list[str]:
     return sorted(p.name for p in pods if not p.deleting and p.state in (pd.PENDING, pd.RUNNING))
 
 
-def _pods_to_clean(pods: Sequence[pd.PodSummary], policy: str) -> list[str]:
-    if policy == "None":
-        return []
-    if policy == "All":
-        return sorted(p.name for p in pods if not p.deleting)
-    return sorted(p.name for p in pods if not p.deleting and p.state in (pd.PENDING, pd.RUNNING))
-
-
 def _rank_entries(
     job: str,
     spec: TrainingJobSpec,
@@ -198,17 +192,11 @@ def _ranks_reset(b: JobBuilder, o: Observed, attempt: int) -> None:
 
 
 def observe(
-    job: JobRef,
-    spec: TrainingJobSpec,
-    status: Mapping[str, Any] | None,
-    pods: Sequence[pd.PodSummary],
-    reports: Mapping[str, TrainerReport],
-    now: datetime,
-) -> tuple[JobBuilder, Observed]:
-    """The builder with what is known for sure (attempt, ranks, progress) and the observations."""
-    old = dict(status or {})
-    b = JobBuilder(job, old, now, MANAGED_STATUS, Plan)
-    s = b.status
+    b: JobBuilder, spec: TrainingJobSpec, pods: Sequence[pd.PodSummary], reports: Mapping[str, TrainerReport]
+) -> Observed:
+    """What is known for sure (attempt, ranks, progress) goes into the builder's status; the
+    rest is returned for the steps to decide on."""
+    job, old, s = b.ref, b.old, b.status
     own = [p for p in pods if p.owner_uid == job.uid]
     attempt = max([int(old.get("attempt") or 0)] + [p.attempt for p in own])
     s["attempt"], s["restarts"] = attempt, int(old.get("restarts") or 0)
@@ -224,7 +212,7 @@ def observe(
     s["ranks"] = _rank_entries(job.name, spec, attempt, current, old_ranks, reports)
     s["ready"] = f"{sum(1 for p in current.values() if p.ready)}/{spec.replicas}"
     foreign = {p.name for p in pods if p.owner_uid != job.uid}
-    return b, Observed(job, spec, own, foreign, current, old_ranks, reports)
+    return Observed(b.ref, spec, own, foreign, current, old_ranks, reports)
 
 
 def plan_finished(b: JobBuilder, o: Observed) -> Plan | None:
@@ -375,7 +363,8 @@ def plan(
     now: datetime,
 ) -> Plan:
     """Decide the job's next status and actions from what is observed now."""
-    b, o = observe(job, spec, status, pods, reports, now)
+    b = JobBuilder(job, dict(status or {}), now, MANAGED_STATUS, Plan)
+    o = observe(b, spec, pods, reports)
     for step in (plan_finished, plan_suspended, plan_failures):
         decided = step(b, o)
         if decided is not None:
@@ -399,10 +388,7 @@ def _apply_reports(s: dict[str, Any], job: JobRef, reports: Mapping[str, Trainer
 
 
 def _ended(b: JobBuilder, o: Observed, cond: str, reason: str, message: str) -> None:
-    b.status["completionTime"] = format_time(b.now)
-    b.cond(cond, True, reason, message)
-    b.clear(COND_RUNNING, reason, message)
-    b.clear(COND_RESTARTING, reason, message)
+    b.ended(cond, reason, message, (COND_RUNNING, COND_RESTARTING))
     b.plan.delete_pods = _pods_to_clean(o.own, o.spec.run_policy.clean_pod_policy)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path
+from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 MAX_JOB_NAME = 50
@@ -128,10 +128,8 @@ class TrainingJobSpec(SpecModel):
     @field_validator("env")
     @classmethod
     def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
-        names = [e.name for e in env]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate env names: {', '.join(dupes)}")
+        if dupes := repeated([e.name for e in env]):
+            raise ValueError(f"duplicate env names: {dupes}")
         return env
 
     @model_validator(mode="after")

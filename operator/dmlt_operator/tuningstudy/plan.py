@@ -191,6 +191,20 @@ class Best:
     value: float
 
 
+@dataclass(frozen=True, slots=True)
+class MlflowSide:
+    """The study's MLflow side as the handler found it this tick."""
+
+    tracking: bool
+    """An MLflow server is configured."""
+    parent_run_id: str | None
+    """The study's parent run there."""
+    blocked: str | None
+    """Why no trial may start now (e.g. the parent run cannot be created yet)."""
+    model_name: str
+    """The registered model the best trial's model becomes a version of."""
+
+
 @dataclass(slots=True)
 class Observed:
     """What one tick sees of a study; the tell step updates `states` and `values`."""
@@ -206,9 +220,7 @@ class Observed:
     """Names of TrainingJobs with the study's labels that belong to another object."""
     states: dict[int, str]
     values: dict[int, float]
-    tracking: bool
-    blocked: str | None
-    model_name: str
+    mlflow: MlflowSide
 
     @property
     def direction(self) -> str:
@@ -271,7 +283,7 @@ def _finalize(b: StatusBuilder[StudyPlan], o: Observed, phase: str, best: Best |
         metrics["best_trial"] = float(best.trial.number)
         tags["dmlt.best_trial"] = str(best.trial.number)
     register = None
-    if not o.tracking:
+    if not o.mlflow.tracking:
         b.cond(COND_MODEL, False, "TrackingDisabled", "No MLflow tracking URI: nothing to register")
     elif phase == FAILED:
         b.cond(COND_MODEL, False, "StudyFailed", "The study failed: no model is registered")
@@ -281,34 +293,28 @@ def _finalize(b: StatusBuilder[StudyPlan], o: Observed, phase: str, best: Best |
         b.cond(COND_MODEL, False, "NoModel", f"The best trial ({best.trial.number}) logged no model")
     else:
         t = best.trial
-        register = RegisterModel(o.model_name, t.model_uri, t.mlflow_run_id, t.number, best.value)
+        register = RegisterModel(o.mlflow.model_name, t.model_uri, t.mlflow_run_id, t.number, best.value)
     b.plan.finalize = Finalize("FINISHED" if phase == SUCCEEDED else "FAILED", register, metrics, tags)
 
 
 def observe(
-    ref: StudyRef,
+    b: StatusBuilder[StudyPlan],
     spec: TuningStudySpec,
-    status: Mapping[str, Any] | None,
     trials: Sequence[TrialRecord],
     jobs: Sequence[TrialJob],
-    now: datetime,
-    *,
-    tracking: bool,
-    parent_run_id: str | None,
-    blocked: str | None,
-    model_name: str,
-) -> tuple[StatusBuilder[StudyPlan], Observed]:
-    """The builder and what is observed: which job runs which trial, and which jobs are stale."""
-    b = StatusBuilder(ref, dict(status or {}), now, MANAGED_STATUS, StudyPlan)
+    mlflow: MlflowSide,
+) -> Observed:
+    """Which job runs which trial and which jobs are stale; the study's identity in status."""
+    ref: StudyRef = b.ref  # type: ignore[assignment]
     b.status["studyName"] = ref.optuna_name
-    if parent_run_id:
-        b.status["parentRunId"] = parent_run_id
+    if mlflow.parent_run_id:
+        b.status["parentRunId"] = mlflow.parent_run_id
     if not any(c.get("type") == COND_CREATED for c in b.conditions):
         b.cond(COND_CREATED, True, "StudyCreated", f"Study {ref.optuna_name} created")
     by_number = {t.number: t for t in trials}
     mine = [j for j in jobs if j.owner_uid == ref.uid and j.number is not None]
     own = {j.number: j for j in mine if j.runs(by_number.get(j.number))}
-    o = Observed(
+    return Observed(
         ref=ref,
         spec=spec,
         trials=trials,
@@ -317,11 +323,8 @@ def observe(
         foreign={j.name for j in jobs if j.owner_uid != ref.uid},
         states={t.number: t.state for t in trials},
         values={t.number: t.value for t in trials if t.value is not None},
-        tracking=tracking,
-        blocked=blocked,
-        model_name=model_name or ref.name,
+        mlflow=mlflow,
     )
-    return b, o
 
 
 def plan_ended(b: StatusBuilder[StudyPlan], o: Observed) -> StudyPlan | None:
@@ -400,9 +403,7 @@ def plan_failure_budget(b: StatusBuilder[StudyPlan], o: Observed, best: Best | N
             b.plan.delete_jobs.append(job.name)
     b.plan.delete_jobs = sorted(set(b.plan.delete_jobs))
     _set_counts(b.status, o.counts(), 0, o.spec.effective_max_trials)
-    b.status["completionTime"] = format_time(b.now)
-    b.cond(COND_FAILED, True, "TooManyFailedTrials", message)
-    b.clear(COND_RUNNING, "TooManyFailedTrials", message)
+    b.ended(COND_FAILED, "TooManyFailedTrials", message, (COND_RUNNING,))
     b.event("Warning", "Failed", message)
     _finalize(b, o, FAILED, best)
     return b.finish(FAILED, message)
@@ -419,14 +420,14 @@ def schedule(b: StatusBuilder[StudyPlan], o: Observed, stray: Sequence[TrialJob]
         name = trial_job_name(o.ref.name, number)
         if name in o.foreign:
             waiting_on_foreign.append(name)
-        elif name not in stale_names and o.blocked is None:
+        elif name not in stale_names and o.mlflow.blocked is None:
             b.plan.create_trials.append(number)
     counts, spec = o.counts(), o.spec
     budget = spec.effective_max_trials - counts.finished - counts.running
     if spec.algorithm.name == "grid":
         budget = min(budget, spec.grid_size() - len(o.trials))
     slots = spec.parallelism - counts.running - len(stray)
-    if o.blocked is None and not waiting_on_foreign:
+    if o.mlflow.blocked is None and not waiting_on_foreign:
         b.plan.ask = max(0, min(slots, budget))
     _set_counts(b.status, counts, b.plan.ask, spec.effective_max_trials)
     return Schedule(counts.running + b.plan.ask, waiting_on_foreign)
@@ -450,9 +451,7 @@ def plan_outcome(b: StatusBuilder[StudyPlan], o: Observed, best: Best | None, sc
         else:
             message = f"The grid is exhausted after {counts.finished} finished trial(s)"
         message += f" ({tally})" + _best_suffix(o, best)
-        b.status["completionTime"] = format_time(b.now)
-        b.cond(COND_SUCCEEDED, True, "AllTrialsFinished", message)
-        b.clear(COND_RUNNING, "AllTrialsFinished", message)
+        b.ended(COND_SUCCEEDED, "AllTrialsFinished", message, (COND_RUNNING,))
         b.event("Normal", "Succeeded", message)
         _finalize(b, o, SUCCEEDED, best)
         return b.finish(SUCCEEDED, message)
@@ -464,8 +463,8 @@ def plan_outcome(b: StatusBuilder[StudyPlan], o: Observed, best: Best | None, sc
             f"Waiting for TrainingJob(s) {', '.join(sched.waiting_on_foreign)} of an earlier study or "
             "trial with the same name to go; " + message
         )
-    if o.blocked is not None:
-        message = f"{o.blocked}; " + message
+    if o.mlflow.blocked is not None:
+        message = f"{o.mlflow.blocked}; " + message
     if sched.running > 0 or counts.finished > 0 or counts.failed > 0:
         if "startTime" not in b.status:
             b.status["startTime"] = format_time(b.now)
@@ -496,10 +495,8 @@ def plan(
     `tracking`: an MLflow server is configured; `parent_run_id`: the study's parent run there;
     `blocked`: why no trial may start now (e.g. the parent run cannot be created yet).
     """
-    b, o = observe(
-        ref, spec, status, trials, jobs, now,
-        tracking=tracking, parent_run_id=parent_run_id, blocked=blocked, model_name=model_name,
-    )  # fmt: skip
+    b = StatusBuilder(ref, dict(status or {}), now, MANAGED_STATUS, StudyPlan)
+    o = observe(b, spec, trials, jobs, MlflowSide(tracking, parent_run_id, blocked, model_name or ref.name))
     ended = plan_ended(b, o)
     if ended is not None:
         return ended

@@ -18,7 +18,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from dmlt_contract import EPOCH_METRICS, Direction, PrunerName, StudyAlgorithmName
-from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path
+from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
 from dmlt_operator.trainingjob.spec import TrainerSpec, TrainingJobSpec, parse_spec
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -272,10 +272,8 @@ class TuningStudySpec(SpecModel):
     @field_validator("parameters")
     @classmethod
     def _unique_names(cls, parameters: list[ParameterSpec]) -> list[ParameterSpec]:
-        names = [p.name for p in parameters]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"parameter names must be unique; repeated: {', '.join(dupes)}")
+        if dupes := repeated([p.name for p in parameters]):
+            raise ValueError(f"parameter names must be unique; repeated: {dupes}")
         return parameters
 
     @field_validator("trial_template")

@@ -142,15 +142,7 @@ def max_epochs(spec: TuningStudySpec) -> int:
 def build_pruner(spec: TuningStudySpec) -> optuna.pruners.BasePruner:
     """The pruner the trainers use (the contract builds both); the operator's study needs it
     for Hyperband's brackets, which TPE samples within."""
-    p = spec.pruner
-    settings = contract.PrunerSettings(
-        name=p.name,
-        startup_trials=p.startup_trials,
-        warmup_steps=p.warmup_steps,
-        percentile=p.percentile,
-        min_resource=p.min_resource,
-        reduction_factor=p.reduction_factor,
-    )
+    settings = contract.PrunerSettings(**spec.pruner.model_dump())
     return contract.build_pruner(settings, max_epochs(spec))
 
 

@@ -13,12 +13,8 @@ from dmlt_operator.core.objects import STUDY_KIND, controller_uid
 from dmlt_operator.trainingjob.progress import finite_float
 from dmlt_operator.tuningstudy.build import ANNOTATION_STARTED, LABEL_TRIAL
 
-# Optuna trial states, by name.
-T_RUNNING = "RUNNING"
-T_COMPLETE = "COMPLETE"
-T_PRUNED = "PRUNED"
-T_FAIL = "FAIL"
-T_WAITING = "WAITING"
+# Optuna trial states, by name (optuna.trial.TrialState's; this module does not import Optuna).
+T_RUNNING, T_COMPLETE, T_PRUNED, T_FAIL, T_WAITING = "RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING"
 
 
 @dataclass(frozen=True, slots=True)
