@@ -10,7 +10,7 @@ import pytest
 from dmlt_operator.tuningstudy import handlers as h
 from dmlt_operator.tuningstudy.store import StudyStore
 
-from tests.unit.test_study_handlers import Harness
+from tests.helpers.study_harness import Harness
 
 pytestmark = pytest.mark.integration
 

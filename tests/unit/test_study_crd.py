@@ -22,7 +22,7 @@ from dmlt_operator.tuningstudy import trials as tr
 from dmlt_operator.tuningstudy.build import StudyRef
 from dmlt_operator.tuningstudy.spec import parse_study_spec
 
-from tests.unit.test_crd_schema import apply_defaults, assert_fits, to_cel, walk
+from tests.helpers.crd_schema import apply_defaults, assert_fits, to_cel, walk
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from dmlt_operator.core.config import OperatorConfig
 
-from tests.unit.test_helm_chart import CHART, helm, render
+from tests.helpers.helm_chart import CHART, helm, render
 
 pytestmark = pytest.mark.unit
 

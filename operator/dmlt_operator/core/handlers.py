@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import COND_FAILED, FAILED, MAX_MESSAGE, format_time, set_condition
 from dmlt_operator.core.config import OperatorConfig
-from dmlt_operator.core.kube import ApiError, Kube, describe_error, load_config
+from dmlt_operator.core.kube import ApiError, EventSink, Kube, describe_error, load_config
 from dmlt_operator.core.objects import GROUP, ObjectRef
 from dmlt_operator.core.spec import SpecError
 
@@ -113,7 +113,13 @@ class Creations:
             self.refused.append(f"{name}: {describe_error(exc)}")
 
     def report_refused(
-        self, kube: Kube, body: Any, old: Mapping[str, Any], status: dict[str, Any], what: str, reason: str
+        self,
+        kube: EventSink,
+        body: Any,
+        old: Mapping[str, Any],
+        status: dict[str, Any],
+        what: str,
+        reason: str,
     ) -> bool:
         """Put the refusals in `status.message` (and an Event when that message is new)."""
         if not self.refused:
@@ -126,7 +132,7 @@ class Creations:
 
 
 def record_failure(
-    kube: Kube,
+    kube: EventSink,
     body: Any,
     ref: ObjectRef,
     old: Mapping[str, Any],

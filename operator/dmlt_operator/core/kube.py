@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 from kubernetes import client, config
@@ -44,8 +44,33 @@ def load_config() -> None:
         config.load_kube_config()
 
 
+class EventSink(Protocol):
+    def post_event(self, body: Any, type_: str, reason: str, message: str) -> None: ...
+
+
+class TrainingJobKube(EventSink, Protocol):
+    """The calls the TrainingJob handlers make (Kube makes them; unit tests fake them)."""
+
+    def create_pod(self, pod: dict[str, Any]) -> bool: ...
+    def create_service(self, service: dict[str, Any]) -> bool: ...
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool: ...
+    def read_pod_log(
+        self, namespace: str, name: str, container: str, tail_lines: int, limit_bytes: int
+    ) -> str | None: ...
+    def delete_trainingjob(self, namespace: str, name: str) -> bool: ...
+
+
+class TuningStudyKube(EventSink, Protocol):
+    """The calls the TuningStudy handlers make (Kube makes them; unit tests fake them)."""
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None: ...
+    def create_trainingjob(self, job: dict[str, Any]) -> bool: ...
+    def list_trainingjobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+    def delete_trainingjob(self, namespace: str, name: str) -> bool: ...
+
+
 class Kube:
-    """Thin, idempotent wrappers over the calls the operator makes."""
+    """Thin, idempotent wrappers over the calls the operator makes (every Protocol above)."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.core = client.CoreV1Api(api_client)

@@ -16,7 +16,7 @@ from dmlt_operator.core import handlers as core
 from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
-from dmlt_operator.core.kube import Kube
+from dmlt_operator.core.kube import TrainingJobKube
 from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, LABEL_MANAGED_BY, MANAGED_BY, VERSION
 from dmlt_operator.trainingjob import build as res
 from dmlt_operator.trainingjob import plan as rc
@@ -92,7 +92,7 @@ def reconcile(
 
 
 def read_reports(
-    kube: Kube, cfg: OperatorConfig, namespace: str, names: list[str], logger: Any
+    kube: TrainingJobKube, cfg: OperatorConfig, namespace: str, names: list[str], logger: Any
 ) -> dict[str, TrainerReport]:
     """The progress each named Pod's log tail reports; progress is best effort: a log that
     cannot be read is skipped, never a reason to stall the job."""
@@ -122,7 +122,7 @@ def reconcile_job(
     logger: Any,
 ) -> None:
     cfg: OperatorConfig = memo.config
-    kube: Kube = memo.kube
+    kube: TrainingJobKube = memo.kube
     job = res.JobRef.from_body(body)
     old_status = dict(status or {})
     now = now_utc()
@@ -154,7 +154,7 @@ def apply_plan(
     old_status: dict[str, Any],
     pods: list[PodSummary],
     cfg: OperatorConfig,
-    kube: Kube,
+    kube: TrainingJobKube,
     logger: Any,
 ) -> None:
     """Make the plan's Service, deletions, Pods and Events happen."""
@@ -185,7 +185,7 @@ def apply_plan(
 def cleanup(namespace: str, name: str, uid: str, memo: kopf.Memo, trainer_pods: kopf.Index, **_: Any) -> None:
     """Owner references make the garbage collector delete the Service and Pods; deleting the
     Pods here as well stops training at once rather than when the collector gets to them."""
-    kube: Kube = memo.kube
+    kube: TrainingJobKube = memo.kube
     for pod in pods_of(trainer_pods, namespace, name):
         if pod.owner_uid == uid and not pod.deleting:
             kube.delete_pod(namespace, pod.name, pod.uid)

@@ -23,12 +23,19 @@ from dmlt_operator.core import handlers as core
 from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, MAX_MESSAGE, PENDING, TERMINAL, now_utc, set_condition
 from dmlt_operator.core.config import OperatorConfig
-from dmlt_operator.core.kube import Kube
+from dmlt_operator.core.kube import TuningStudyKube
 from dmlt_operator.core.objects import GROUP, STUDY_KIND, STUDY_PLURAL, VERSION
 from dmlt_operator.tuningstudy import build as res
 from dmlt_operator.tuningstudy import plan as sp
 from dmlt_operator.tuningstudy.build import StudyRef
-from dmlt_operator.tuningstudy.mlflow_rest import TAG_STUDY, TAG_STUDY_UID, TAG_TRIAL, MlflowError, MlflowRest
+from dmlt_operator.tuningstudy.mlflow_rest import (
+    TAG_STUDY,
+    TAG_STUDY_UID,
+    TAG_TRIAL,
+    MlflowError,
+    MlflowRest,
+    MlflowTracking,
+)
 from dmlt_operator.tuningstudy.spec import (
     SecretKeyRef,
     StudySpecError,
@@ -112,7 +119,7 @@ def storage_secret(spec: TuningStudySpec, cfg: OperatorConfig) -> SecretKeyRef |
 
 
 def storage_url(
-    ref: StudyRef, spec: TuningStudySpec, cfg: OperatorConfig, kube: Kube
+    ref: StudyRef, spec: TuningStudySpec, cfg: OperatorConfig, kube: TuningStudyKube
 ) -> tuple[SecretKeyRef, str]:
     """(the Secret, the URL in it); StorageUnavailable saying what is missing."""
     secret = storage_secret(spec, cfg)
@@ -190,7 +197,7 @@ class Tracking:
     """The study's MLflow side this tick: its client, parent run, and why trials must wait."""
 
     uri: str
-    client: MlflowRest | None
+    client: MlflowTracking | None
     parent: str | None
     blocked: str | None
 
@@ -199,7 +206,7 @@ def reconcile_study_tick(
     body: Any, spec: Any, status: Any, patch: kopf.Patch, memo: kopf.Memo, logger: Any
 ) -> None:
     cfg: OperatorConfig = memo.config
-    kube: Kube = memo.kube
+    kube: TuningStudyKube = memo.kube
     store: StudyStore = memo.study_store
     ref = StudyRef.from_body(body)
     old = dict(status or {})
@@ -270,7 +277,7 @@ def _tracking(
 ) -> tuple[Tracking, StudyHandle]:
     """The MLflow client and the study's parent run, created (and kept in the study) once."""
     uri = res.tracking_uri(spec, cfg.default_tracking_uri)
-    client: MlflowRest | None = None
+    client: MlflowTracking | None = None
     blocked = None
     parent = handle.user_attrs.get(ATTR_PARENT_RUN)
     if uri:
@@ -292,7 +299,7 @@ def _tracking(
 
 def _act(
     plan: sp.StudyPlan,
-    kube: Kube,
+    kube: TuningStudyKube,
     store: StudyStore,
     handle: StudyHandle,
     ref: StudyRef,
@@ -333,7 +340,7 @@ def _finalize(
     tracking: Tracking,
     ref: StudyRef,
     body: Any,
-    kube: Kube,
+    kube: TuningStudyKube,
     now: Any,
     logger: Any,
 ) -> list[dict[str, Any]]:
@@ -360,10 +367,10 @@ def _register_best_model(
     plan: sp.StudyPlan,
     reg: sp.RegisterModel,
     conditions: list[dict[str, Any]],
-    client: MlflowRest,
+    client: MlflowTracking,
     ref: StudyRef,
     body: Any,
-    kube: Kube,
+    kube: TuningStudyKube,
     now: Any,
 ) -> list[dict[str, Any]]:
     tags = {TAG_STUDY: ref.optuna_name, TAG_STUDY_UID: ref.uid, TAG_TRIAL: str(reg.trial)}
@@ -399,7 +406,7 @@ def _record_failed(
     reason: str,
     message: str,
     patch: kopf.Patch,
-    kube: Kube,
+    kube: TuningStudyKube,
 ) -> None:
     """Fail the study for a reason no retry fixes (a bad spec, a study of another owner).
     Nothing ran, so there is nothing to wrap up in MLflow either."""
@@ -414,7 +421,7 @@ def delete_study(body: Any, spec: Any, memo: kopf.Memo, logger: Any, **_: Any) -
 
     Best effort and never retried: a deletion must not hang on an unreachable database. The
     garbage collector deletes the trial jobs anyway (owner references)."""
-    kube: Kube = memo.kube
+    kube: TuningStudyKube = memo.kube
     ref = StudyRef.from_body(body)
     PHASE_TRACKER.forget(ref.namespace, ref.name)
     try:

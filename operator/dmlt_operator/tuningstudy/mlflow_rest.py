@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 API = "api/2.0/mlflow"
 MAX_PARAM_LENGTH = 6000
@@ -42,6 +42,29 @@ def _quote(text: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class MlflowTracking(Protocol):
+    """What the TuningStudy handlers ask of MLflow (MlflowRest does it; unit tests fake it)."""
+
+    def ensure_parent_run(
+        self,
+        experiment: str,
+        run_name: str,
+        study: str,
+        study_uid: str,
+        params: Mapping[str, Any] | None = None,
+    ) -> str: ...
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None: ...
+    def register_model(
+        self, name: str, source: str, run_id: str | None, tags: Mapping[str, str], description: str = ""
+    ) -> str: ...
 
 
 class MlflowRest:
