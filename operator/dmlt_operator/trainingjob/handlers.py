@@ -72,20 +72,11 @@ def check_spec(name: str, spec: Any, logger: Any, **_: Any) -> None:
     core.accept_spec(JOB_KIND, name, lambda: (check_job_name(name), parse_spec(dict(spec))), logger)
 
 
-def reconcile(
-    body: Any,
-    spec: Any,
-    status: Any,
-    namespace: str,
-    name: str,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    logger: Any,
-    trainer_pods: kopf.Index,
-    **_: Any,
-) -> None:
+def reconcile(memo: kopf.Memo, trainer_pods: kopf.Index, logger: Any, **kwargs: Any) -> None:
+    """The timer: one timed reconcile_job; any error is retried by kopf."""
+    job = [kwargs[key] for key in ("body", "spec", "status", "namespace", "name", "patch")]
     core.reconcile_timed(
-        lambda: reconcile_job(body, spec, status, namespace, name, patch, memo, trainer_pods, logger),
+        lambda: reconcile_job(*job, memo, trainer_pods, logger),
         RECONCILE_METRICS,
         memo.config.reconcile_interval_s,
     )

@@ -44,26 +44,22 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+Metrics = Mapping[str, float]
+Params = Mapping[str, Any]
+Tags = Mapping[str, str]
+
+
 class MlflowTracking(Protocol):
     """What the TuningStudy handlers ask of MLflow (MlflowRest does it; unit tests fake it)."""
 
     def ensure_parent_run(
-        self,
-        experiment: str,
-        run_name: str,
-        study: str,
-        study_uid: str,
-        params: Mapping[str, Any] | None = None,
+        self, experiment: str, run_name: str, study: str, study_uid: str, params: Params | None = None
     ) -> str: ...
     def finish_run(
-        self,
-        run_id: str,
-        status: str,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, str] | None = None,
+        self, run_id: str, status: str, metrics: Metrics | None = None, tags: Tags | None = None
     ) -> None: ...
     def register_model(
-        self, name: str, source: str, run_id: str | None, tags: Mapping[str, str], description: str = ""
+        self, name: str, source: str, run_id: str | None, tags: Tags, description: str = ""
     ) -> str: ...
 
 

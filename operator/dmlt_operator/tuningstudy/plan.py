@@ -24,19 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from dmlt_operator.core.conditions import (
-    COND_CREATED,
-    COND_FAILED,
-    COND_RUNNING,
-    COND_SUCCEEDED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    TERMINAL,
-    ManagedStatus,
-    format_time,
-)
+from dmlt_operator.core import conditions
+from dmlt_operator.core.conditions import FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL
 from dmlt_operator.core.plan import Event, StatusBuilder
 from dmlt_operator.trainingjob.progress import finite_float
 from dmlt_operator.tuningstudy.build import StudyRef, format_params, trial_job_name
@@ -56,7 +45,7 @@ COND_STORAGE = "StorageReady"
 COND_MODEL = "ModelRegistered"
 MODEL_RETRY_REASON = "RegistrationFailed"
 
-MANAGED_STATUS = ManagedStatus(
+MANAGED_STATUS = conditions.ManagedStatus(
     frozenset(
         {
             "phase",
@@ -126,10 +115,12 @@ class StudyPlan:
 
 @dataclass(frozen=True, slots=True)
 class Counts:
-    running: int = 0
-    completed: int = 0
-    pruned: int = 0
-    failed: int = 0
+    """Trials by state; a pruned trial counts as finished, a failed one does not."""
+
+    running: int
+    completed: int
+    pruned: int
+    failed: int
 
     @property
     def finished(self) -> int:
@@ -138,12 +129,7 @@ class Counts:
 
 def count_states(states: Mapping[int, str]) -> Counts:
     values = list(states.values())
-    return Counts(
-        running=values.count(T_RUNNING),
-        completed=values.count(T_COMPLETE),
-        pruned=values.count(T_PRUNED),
-        failed=values.count(T_FAIL),
-    )
+    return Counts(*(values.count(state) for state in (T_RUNNING, T_COMPLETE, T_PRUNED, T_FAIL)))
 
 
 def decide_result(trial: TrialRecord, job: TrialJob, direction: str) -> Tell:
@@ -309,8 +295,8 @@ def observe(
     b.status["studyName"] = ref.optuna_name
     if mlflow.parent_run_id:
         b.status["parentRunId"] = mlflow.parent_run_id
-    if not any(c.get("type") == COND_CREATED for c in b.conditions):
-        b.cond(COND_CREATED, True, "StudyCreated", f"Study {ref.optuna_name} created")
+    if not any(c.get("type") == conditions.COND_CREATED for c in b.conditions):
+        b.cond(conditions.COND_CREATED, True, "StudyCreated", f"Study {ref.optuna_name} created")
     by_number = {t.number: t for t in trials}
     mine = [j for j in jobs if j.owner_uid == ref.uid and j.number is not None]
     own = {j.number: j for j in mine if j.runs(by_number.get(j.number))}
@@ -403,7 +389,7 @@ def plan_failure_budget(b: StatusBuilder[StudyPlan], o: Observed, best: Best | N
             b.plan.delete_jobs.append(job.name)
     b.plan.delete_jobs = sorted(set(b.plan.delete_jobs))
     _set_counts(b.status, o.counts(), 0, o.spec.effective_max_trials)
-    b.ended(COND_FAILED, "TooManyFailedTrials", message, (COND_RUNNING,))
+    b.ended(conditions.COND_FAILED, "TooManyFailedTrials", message, (conditions.COND_RUNNING,))
     b.event("Warning", "Failed", message)
     _finalize(b, o, FAILED, best)
     return b.finish(FAILED, message)
@@ -451,7 +437,7 @@ def plan_outcome(b: StatusBuilder[StudyPlan], o: Observed, best: Best | None, sc
         else:
             message = f"The grid is exhausted after {counts.finished} finished trial(s)"
         message += f" ({tally})" + _best_suffix(o, best)
-        b.ended(COND_SUCCEEDED, "AllTrialsFinished", message, (COND_RUNNING,))
+        b.ended(conditions.COND_SUCCEEDED, "AllTrialsFinished", message, (conditions.COND_RUNNING,))
         b.event("Normal", "Succeeded", message)
         _finalize(b, o, SUCCEEDED, best)
         return b.finish(SUCCEEDED, message)
@@ -467,9 +453,9 @@ def plan_outcome(b: StatusBuilder[StudyPlan], o: Observed, best: Best | None, sc
         message = f"{o.mlflow.blocked}; " + message
     if sched.running > 0 or counts.finished > 0 or counts.failed > 0:
         if "startTime" not in b.status:
-            b.status["startTime"] = format_time(b.now)
+            b.status["startTime"] = conditions.format_time(b.now)
         if b.old_phase != RUNNING:
-            b.cond(COND_RUNNING, True, "TrialsRunning", "Trials are running")
+            b.cond(conditions.COND_RUNNING, True, "TrialsRunning", "Trials are running")
             b.event("Normal", "Running", message)
         return b.finish(RUNNING, message)
     if b.old_phase != PENDING:
