@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from dmlt_operator.core.conditions import COND_CREATED
 from dmlt_operator.core.plan import StatusBuilder
 from dmlt_operator.tuningstudy import plan as sp
 from dmlt_operator.tuningstudy import trials as tr
@@ -59,7 +60,7 @@ def test_observe_tells_own_stale_and_foreign_jobs_apart():
     assert sorted(j.name for j in o.stale) == ["s-t1", "s-t2"]
     assert o.foreign == {"s-t3"}
     assert b.status["studyName"] == "ns.s" and b.status["parentRunId"] == "p1"
-    assert [c["type"] for c in b.conditions] == [sp.COND_CREATED]
+    assert [c["type"] for c in b.conditions] == [COND_CREATED]
 
 
 # --------------------------------------------------------------------------- tell
