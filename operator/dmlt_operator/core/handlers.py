@@ -43,11 +43,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 
 def start_memo(memo: kopf.Memo) -> OperatorConfig:
-    """What every handler finds in kopf.Memo: the settings (main puts them there; read from the
-    environment only when it did not), the API client, metrics served. Entries already there
-    (tests put fakes in) are kept."""
+    """What every handler finds in kopf.Memo: the settings (main read them once and put them
+    there), the API client, metrics served. Entries already there (tests put fakes in) are kept."""
     if "config" not in memo:
-        memo.config = OperatorConfig.from_env()
+        raise RuntimeError("no operator settings in kopf.Memo: start the operator with dmlt-operator")
     if "kube" not in memo:
         load_config()
         memo.kube = Kube()
