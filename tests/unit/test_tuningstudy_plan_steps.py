@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from dmlt_operator.core.conditions import COND_CREATED
-from dmlt_operator.core.plan import StatusBuilder
 from dmlt_operator.tuningstudy import plan as sp
 from dmlt_operator.tuningstudy import trials as tr
 from dmlt_operator.tuningstudy.build import StudyRef
@@ -43,7 +42,7 @@ def job(number, phase="", owner="study-uid", started=None, **kw):
 
 
 def observed(trials=(), jobs=(), status=None, s=None, blocked=None):
-    b = StatusBuilder(REF, dict(status or {}), T0, sp.MANAGED_STATUS, sp.StudyPlan)
+    b = sp.StudyBuilder(REF, dict(status or {}), T0, sp.MANAGED_STATUS, sp.StudyPlan)
     side = sp.MlflowSide(tracking=True, parent_run_id="p1", blocked=blocked, model_name="m")
     return b, sp.observe(b, s or spec(), list(trials), list(jobs), side)
 

@@ -169,6 +169,12 @@ def best_trial(
     return best
 
 
+class StudyBuilder(StatusBuilder[StudyPlan]):
+    """The study's status builder."""
+
+    ref: StudyRef
+
+
 @dataclass(frozen=True, slots=True)
 class Best:
     """The best trial so far and its value."""
@@ -255,7 +261,7 @@ def _best_entry(
     return entry
 
 
-def _finalize(b: StatusBuilder[StudyPlan], o: Observed, phase: str, best: Best | None) -> None:
+def _finalize(b: StudyBuilder, o: Observed, phase: str, best: Best | None) -> None:
     """Plan the MLflow wrap-up; conditions that need no I/O are settled here."""
     counts = o.counts()
     metrics = {
@@ -284,14 +290,14 @@ def _finalize(b: StatusBuilder[StudyPlan], o: Observed, phase: str, best: Best |
 
 
 def observe(
-    b: StatusBuilder[StudyPlan],
+    b: StudyBuilder,
     spec: TuningStudySpec,
     trials: Sequence[TrialRecord],
     jobs: Sequence[TrialJob],
     mlflow: MlflowSide,
 ) -> Observed:
     """Which job runs which trial and which jobs are stale; the study's identity in status."""
-    ref: StudyRef = b.ref  # type: ignore[assignment]
+    ref = b.ref
     b.status["studyName"] = ref.optuna_name
     if mlflow.parent_run_id:
         b.status["parentRunId"] = mlflow.parent_run_id
@@ -313,7 +319,7 @@ def observe(
     )
 
 
-def plan_ended(b: StatusBuilder[StudyPlan], o: Observed) -> StudyPlan | None:
+def plan_ended(b: StudyBuilder, o: Observed) -> StudyPlan | None:
     """An ended study decides nothing more; only its MLflow wrap-up may be left."""
     old, old_phase = b.old, b.old_phase
     if old_phase not in TERMINAL:
@@ -330,7 +336,7 @@ def plan_ended(b: StatusBuilder[StudyPlan], o: Observed) -> StudyPlan | None:
 _TOLD_EVENT = {T_COMPLETE: "TrialCompleted", T_PRUNED: "TrialPruned", T_FAIL: "TrialFailed"}
 
 
-def tell_finished_trials(b: StatusBuilder[StudyPlan], o: Observed) -> None:
+def tell_finished_trials(b: StudyBuilder, o: Observed) -> None:
     """Tell the results of trials whose job ended (still RUNNING in the database)."""
     for trial in sorted(o.trials, key=lambda t: t.number):
         job = o.own.get(trial.number)
@@ -344,7 +350,7 @@ def tell_finished_trials(b: StatusBuilder[StudyPlan], o: Observed) -> None:
         b.event("Warning" if tell.state == T_FAIL else "Normal", _TOLD_EVENT[tell.state], tell.reason)
 
 
-def stop_stray_jobs(b: StatusBuilder[StudyPlan], o: Observed) -> list[TrialJob]:
+def stop_stray_jobs(b: StudyBuilder, o: Observed) -> list[TrialJob]:
     """Jobs still active for a trial that is no longer RUNNING (told by someone else, or from a
     storage that lost the trial) are stopped, and stale jobs deleted; the active ones among
     them (returned) hold a slot until they are gone."""
@@ -359,7 +365,7 @@ def stop_stray_jobs(b: StatusBuilder[StudyPlan], o: Observed) -> list[TrialJob]:
     return stray + [j for j in o.stale if j.active]
 
 
-def record_best(b: StatusBuilder[StudyPlan], o: Observed) -> Best | None:
+def record_best(b: StudyBuilder, o: Observed) -> Best | None:
     """status.bestTrial, announced when it changes."""
     best = o.best()
     if best is None:
@@ -375,7 +381,7 @@ def record_best(b: StatusBuilder[StudyPlan], o: Observed) -> Best | None:
     return best
 
 
-def plan_failure_budget(b: StatusBuilder[StudyPlan], o: Observed, best: Best | None) -> StudyPlan | None:
+def plan_failure_budget(b: StudyBuilder, o: Observed, best: Best | None) -> StudyPlan | None:
     """More failed trials than maxFailedTrials: stop the running trials and fail the study."""
     failed = o.counts().failed
     if failed <= o.spec.max_failed_trials:
@@ -395,7 +401,7 @@ def plan_failure_budget(b: StatusBuilder[StudyPlan], o: Observed, best: Best | N
     return b.finish(FAILED, message)
 
 
-def schedule(b: StatusBuilder[StudyPlan], o: Observed, stray: Sequence[TrialJob]) -> Schedule:
+def schedule(b: StudyBuilder, o: Observed, stray: Sequence[TrialJob]) -> Schedule:
     """Jobs for asked trials that have none, then new trials while there is room. Stale jobs
     (and jobs of another owner) hold names new trials may need: ask nothing until they are gone."""
     stale_names = {j.name for j in o.stale}
@@ -425,7 +431,7 @@ def _best_suffix(o: Observed, best: Best | None) -> str:
     return f"; best {o.spec.objective.metric}={best.value:.6g} (trial {best.trial.number})"
 
 
-def plan_outcome(b: StatusBuilder[StudyPlan], o: Observed, best: Best | None, sched: Schedule) -> StudyPlan:
+def plan_outcome(b: StudyBuilder, o: Observed, best: Best | None, sched: Schedule) -> StudyPlan:
     """The phase and message: succeeded once every trial finished (or the grid is exhausted),
     else running or pending, saying what is awaited."""
     counts, spec, max_trials = o.counts(), o.spec, o.spec.effective_max_trials
@@ -481,7 +487,7 @@ def plan(
     `tracking`: an MLflow server is configured; `parent_run_id`: the study's parent run there;
     `blocked`: why no trial may start now (e.g. the parent run cannot be created yet).
     """
-    b = StatusBuilder(ref, dict(status or {}), now, MANAGED_STATUS, StudyPlan)
+    b = StudyBuilder(ref, dict(status or {}), now, MANAGED_STATUS, StudyPlan)
     o = observe(b, spec, trials, jobs, MlflowSide(tracking, parent_run_id, blocked, model_name or ref.name))
     ended = plan_ended(b, o)
     if ended is not None:
