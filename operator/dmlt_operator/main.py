@@ -31,14 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
+    """Every handler of both resources, registered with the settings read at start-up."""
+    registry = kopf.OperatorRegistry()
+    # kopf logs in the way the kubernetes client does (ServiceAccount, else kubeconfig), as
+    # kopf's own default registry would.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    trainingjob_handlers.register(registry, cfg)
+    tuningstudy_handlers.register(registry, cfg)
+    return registry
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = OperatorConfig.from_env()
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
-
-    registry = kopf.OperatorRegistry()
-    trainingjob_handlers.register(registry, cfg)
-    tuningstudy_handlers.register(registry, cfg)
 
     namespaces = tuple(args.namespace) or cfg.namespaces
     kopf.run(
@@ -47,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
         memo=kopf.Memo(config=cfg),
-        registry=registry,
+        registry=build_registry(cfg),
     )
     return 0
 
