@@ -10,32 +10,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from dmlt_operator.tuningstudy import plan as sr
 from dmlt_operator.tuningstudy import trials as tr
-from dmlt_operator.tuningstudy.build import StudyRef, trial_job_name
-from dmlt_operator.tuningstudy.spec import parse_study_spec
+from dmlt_operator.tuningstudy.build import trial_job_name
+
+from tests.helpers.study_plans import REF, T0, spec
 
 pytestmark = pytest.mark.unit
-
-REF = StudyRef("s", "ns", "study-uid", 1)
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def spec(**overrides: Any):
-    raw = {
-        "parameters": [{"name": "lr", "type": "float", "min": 1e-4, "max": 1e-1, "log": True}],
-        "trialTemplate": {"image": "i"},
-        "maxTrials": 8,
-        "parallelism": 2,
-        "maxFailedTrials": 3,
-    }
-    raw.update(overrides)
-    return parse_study_spec(raw)
-
 
 Outcome = tuple[str, float | None]
 

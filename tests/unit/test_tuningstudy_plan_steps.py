@@ -3,32 +3,16 @@ trial → failure budget → schedule → message."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 import pytest
 from dmlt_operator.core.conditions import COND_CREATED
 from dmlt_operator.tuningstudy import plan as sp
 from dmlt_operator.tuningstudy import trials as tr
-from dmlt_operator.tuningstudy.build import StudyRef
-from dmlt_operator.tuningstudy.spec import parse_study_spec
+
+from tests.helpers.study_plans import REF, T0, spec
 
 pytestmark = pytest.mark.unit
 
-REF = StudyRef("s", "ns", "study-uid", 1)
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def spec(**overrides: Any):
-    raw = {
-        "parameters": [{"name": "lr", "type": "float", "min": 1e-4, "max": 1e-1, "log": True}],
-        "trialTemplate": {"image": "i"},
-        "maxTrials": 4,
-        "parallelism": 2,
-        "maxFailedTrials": 1,
-        **overrides,
-    }
-    return parse_study_spec(raw)
+STEPS = {"maxTrials": 4, "maxFailedTrials": 1}
 
 
 def trial(number, state=tr.T_RUNNING, value=None, **attrs):
@@ -44,7 +28,7 @@ def job(number, phase="", owner="study-uid", started=None, **kw):
 def observed(trials=(), jobs=(), status=None, s=None, blocked=None):
     b = sp.StudyBuilder(REF, dict(status or {}), T0, sp.MANAGED_STATUS, sp.StudyPlan)
     side = sp.MlflowSide(tracking=True, parent_run_id="p1", blocked=blocked, model_name="m")
-    return b, sp.observe(b, s or spec(), list(trials), list(jobs), side)
+    return b, sp.observe(b, s or spec(**STEPS), list(trials), list(jobs), side)
 
 
 # --------------------------------------------------------------------------- observe
@@ -100,7 +84,7 @@ def test_record_best_announces_only_a_new_best():
 
 def test_record_best_follows_the_direction():
     trials = [trial(0, tr.T_COMPLETE, 0.7), trial(1, tr.T_COMPLETE, 0.8)]
-    b, o = observed(trials, s=spec(objective={"metric": "val_loss", "direction": "minimize"}))
+    b, o = observed(trials, s=spec(**STEPS, objective={"metric": "val_loss", "direction": "minimize"}))
     assert sp.record_best(b, o).trial.number == 0
 
 
