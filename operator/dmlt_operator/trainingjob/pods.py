@@ -21,18 +21,6 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 TERMINATING = "Terminating"
 
-# Waiting reasons that will not fix themselves; shown to the user, not acted upon.
-STUCK_WAITING_REASONS = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class PodSummary:
