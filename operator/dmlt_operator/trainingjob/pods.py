@@ -10,15 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dmlt_operator.core.conditions import FAILED, PENDING, RUNNING, SUCCEEDED
 from dmlt_operator.core.objects import JOB_KIND, controller_uid
 from dmlt_operator.trainingjob import build
 
-# Pod-level states of a rank, as shown in status.ranks[].state.
+# States of a rank, as shown in status.ranks[].state: the phase names, and two of their own.
 ABSENT = "Absent"
-PENDING = "Pending"
-RUNNING = "Running"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
 TERMINATING = "Terminating"
 
 
