@@ -47,7 +47,7 @@ from kubernetes import client, config  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from tests.e2e import operator_fixtures as of  # noqa: E402
-from tests.helm_binary import find_helm  # noqa: E402
+from tests.helpers.helm_binary import find_helm  # noqa: E402
 
 RESULTS = HERE / "results" / "operator.json"
 POLL_S = 0.25

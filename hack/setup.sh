@@ -32,7 +32,7 @@ if [ "${DMLT_SKIP_TOOLS:-0}" != 1 ]; then
     [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   fi
 fi
-# PostgreSQL server binaries for the Optuna-storage integration tests (tests/postgres_server.py
+# PostgreSQL server binaries for the Optuna-storage integration tests (tests/helpers/postgres_server.py
 # starts a throwaway server from them, as a non-root user). Debian's package; nothing is started.
 # DMLT_SKIP_POSTGRES=1 skips this.
 if [ "${DMLT_SKIP_POSTGRES:-0}" != 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \

@@ -150,7 +150,7 @@ def parse_event(line: str) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested input
         return None
     if not isinstance(obj, dict) or obj.get("event") not in (EVENT_EPOCH, EVENT_FINISHED):
         return None

@@ -1,7 +1,5 @@
-"""dmlt operator: the TrainingJob custom resource, reconciled by kopf."""
+"""dmlt operator: the TrainingJob and TuningStudy custom resources, reconciled by kopf.
 
-GROUP = "dmlt.io"
-VERSION = "v1alpha1"
-PLURAL = "trainingjobs"
-KIND = "TrainingJob"
-API_VERSION = f"{GROUP}/{VERSION}"
+`core` holds what both resources share, `trainingjob` and `tuningstudy` one resource each
+(tuningstudy builds on trainingjob, never the other way), `main` starts the operator.
+"""

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 import kopf
 
-from dmlt_operator.config import OperatorConfig
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.trainingjob import handlers as trainingjob_handlers
+from dmlt_operator.tuningstudy import handlers as tuningstudy_handlers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
+    """Every handler of both resources, registered with the settings read at start-up."""
+    registry = kopf.OperatorRegistry()
+    # kopf logs in the way the kubernetes client does (ServiceAccount, else kubeconfig), as
+    # kopf's own default registry would.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    trainingjob_handlers.register(registry, cfg)
+    tuningstudy_handlers.register(registry, cfg)
+    return registry
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = OperatorConfig.from_env()
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
-
-    import dmlt_operator.handlers  # noqa: F401  (registers the handlers with kopf)
-    import dmlt_operator.study_handlers  # noqa: F401
 
     namespaces = tuple(args.namespace) or cfg.namespaces
     kopf.run(
@@ -44,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
         memo=kopf.Memo(config=cfg),
+        registry=build_registry(cfg),
     )
     return 0
 

@@ -33,7 +33,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.e2e import operator_fixtures as of
-from tests.helm_binary import require_helm
+from tests.helpers.helm_binary import require_helm
 
 pytestmark = pytest.mark.e2e
 

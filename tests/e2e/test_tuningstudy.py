@@ -37,7 +37,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
 from tests.e2e import operator_fixtures as of
-from tests.helm_binary import require_helm
+from tests.helpers.helm_binary import require_helm
 
 pytestmark = pytest.mark.e2e
 

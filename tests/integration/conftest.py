@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres_server import PostgresServer, PostgresUnavailable
+from tests.helpers.postgres_server import PostgresServer, PostgresUnavailable
 
 
 def _free_port() -> int:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import cli_env, json_events, run_cli
+from tests.helpers.cli import cli_env, json_events, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env, json_events
+from tests.helpers.cli import REPO, cli_env, json_events
 
 pytestmark = pytest.mark.integration
 

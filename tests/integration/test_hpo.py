@@ -6,7 +6,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import cli_env, run_cli
+from tests.helpers.cli import cli_env, run_cli
 
 pytestmark = pytest.mark.integration
 

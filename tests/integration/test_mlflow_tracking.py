@@ -3,7 +3,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import cli_env, json_events, run_cli
+from tests.helpers.cli import cli_env, json_events, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from dmlt_operator import study_handlers as h
-from dmlt_operator.study_storage import StudyStore
+from dmlt_operator.tuningstudy import handlers as h
+from dmlt_operator.tuningstudy.store import StudyStore
 
-from tests.unit.test_study_handlers import Harness
+from tests.helpers.study_harness import Harness
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from dmlt_trainer.errors import ConfigError
 from dmlt_trainer.trial import STORAGE_ENV, attach_trial
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import cli_env, json_events, run_cli
+from tests.helpers.cli import cli_env, json_events, run_cli
 
 pytestmark = pytest.mark.integration
 RUNNING = optuna.trial.TrialState.RUNNING

@@ -9,20 +9,22 @@ when it is installed).
 
 from __future__ import annotations
 
-import copy
-import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from dmlt_operator import GROUP, KIND, PLURAL, VERSION
-from dmlt_operator import reconcile as rc
-from dmlt_operator import status as st
-from dmlt_operator.resources import JobRef
-from dmlt_operator.spec import parse_spec
+from dmlt_operator.core.objects import GROUP, VERSION
+from dmlt_operator.core.objects import JOB_KIND as KIND
+from dmlt_operator.core.objects import JOB_PLURAL as PLURAL
+from dmlt_operator.trainingjob import plan as rc
+from dmlt_operator.trainingjob import pods as pd
+from dmlt_operator.trainingjob import progress as pg
+from dmlt_operator.trainingjob.build import JobRef
+from dmlt_operator.trainingjob.spec import parse_spec
+
+from tests.helpers.crd_schema import apply_defaults, assert_fits, to_cel, walk
 
 pytestmark = pytest.mark.unit
 
@@ -44,19 +46,6 @@ def version(crd) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def schema(version) -> dict[str, Any]:
     return version["schema"]["openAPIV3Schema"]
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, node
-    for name, child in (node.get("properties") or {}).items():
-        yield from walk(child, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}{{}}")
-
-
-# --------------------------------------------------------------------------- shape
 
 
 def test_names_and_scope(crd, version):
@@ -146,12 +135,12 @@ def test_status_schema_covers_what_the_operator_writes(schema):
     job = JobRef("ddp", "ns", "u", 1)
     spec = parse_spec({"image": "i", "replicas": 2})
     pods = [
-        st.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
+        pd.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
                       phase="Succeeded", ready=False, started=True, exit_code=0,
                       reason="Completed", message="done", node="n1")
         for r in range(2)
     ]  # fmt: skip
-    report = st.parse_trainer_log(
+    report = pg.parse_trainer_log(
         '{"event": "epoch", "epoch": 3, "epochs": 3, "metrics": {"val_auc": 0.9}, '
         '"mlflow_run_id": "r1"}\n'
         '{"event": "finished", "status": "completed", "world_size": 2, "mlflow_run_id": "r1", '
@@ -160,62 +149,18 @@ def test_status_schema_covers_what_the_operator_writes(schema):
     now = datetime(2026, 1, 1, tzinfo=UTC)
     p = rc.plan(job, spec, None, [], {}, now)
     running = [
-        st.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
+        pd.PodSummary(name=f"ddp-{r}", rank=r, attempt=0, owner_uid="u", uid=f"p{r}",
                       phase="Running", ready=True, started=True, node="n1")
         for r in range(2)
     ]  # fmt: skip
     p = rc.plan(job, spec, p.status, running, {}, now)
     p = rc.plan(job, spec, p.status, pods, {"ddp-0": report, "ddp-1": report}, now)
     assert p.status["phase"] == rc.SUCCEEDED
-    assert set(st.MANAGED_STATUS_KEYS) <= set(status_schema["properties"])
+    assert set(rc.MANAGED_STATUS_KEYS) <= set(status_schema["properties"])
     assert_fits(p.status, status_schema, ".status")
 
 
-def assert_fits(value: Any, node: dict[str, Any], path: str) -> None:
-    kind = node.get("type")
-    if kind == "object":
-        assert isinstance(value, dict), path
-        props = node.get("properties")
-        for key, sub in value.items():
-            if props is not None:
-                assert key in props, f"{path}.{key} would be pruned"
-                assert_fits(sub, props[key], f"{path}.{key}")
-            elif isinstance(node.get("additionalProperties"), dict):
-                assert_fits(sub, node["additionalProperties"], f"{path}.{key}")
-    elif kind == "array":
-        assert isinstance(value, list), path
-        for i, item in enumerate(value):
-            assert_fits(item, node["items"], f"{path}[{i}]")
-    elif kind == "string":
-        assert isinstance(value, str), path
-        if "enum" in node:
-            assert value in node["enum"], path
-        if node.get("format") == "date-time":
-            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", value), path
-    elif kind == "integer":
-        assert isinstance(value, int) and not isinstance(value, bool), path
-    elif kind == "number":
-        assert isinstance(value, int | float) and not isinstance(value, bool), path
-    elif kind == "boolean":
-        assert isinstance(value, bool), path
-
-
 # --------------------------------------------------------------------------- defaults
-
-
-def apply_defaults(value: Any, node: dict[str, Any]) -> Any:
-    """Structural defaulting as the apiserver does it: missing fields get their default, then
-    defaulting recurses into every present object (the defaults included)."""
-    value = copy.deepcopy(value)
-    if node.get("type") == "object" and isinstance(value, dict):
-        for name, sub in (node.get("properties") or {}).items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = apply_defaults(value[name], sub)
-    elif node.get("type") == "array" and isinstance(value, list):
-        value = [apply_defaults(v, node["items"]) for v in value]
-    return value
 
 
 def test_schema_defaults_equal_the_operators(schema):
@@ -244,23 +189,6 @@ import celpy  # noqa: E402  (cel-python, a dev extra, evaluates the CEL rules)
 
 def needs_cel(test):
     return test
-
-
-def to_cel(value: Any, node: dict[str, Any] | None) -> Any:
-    """JSON → CEL value the way the apiserver types it (number fields are doubles)."""
-    node = node or {}
-    if isinstance(value, dict):
-        props = node.get("properties") or {}
-        extra = node.get("additionalProperties")
-        extra = extra if isinstance(extra, dict) else None
-        return celpy.celtypes.MapType(
-            {celpy.celtypes.StringType(k): to_cel(v, props.get(k, extra)) for k, v in value.items()}
-        )
-    if isinstance(value, list):
-        return celpy.celtypes.ListType([to_cel(v, node.get("items")) for v in value])
-    if node.get("type") == "number" and isinstance(value, int | float):
-        return celpy.celtypes.DoubleType(float(value))
-    return celpy.json_to_cel(value)
 
 
 def rules_with_values(schema, obj, old=None):

@@ -4,38 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helm_binary import require_helm
+from tests.helpers.helm_chart import CHART, SCHEMA, VALUES, helm, render
 
 pytestmark = pytest.mark.unit
-
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "dmlt"
-VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
-SCHEMA = json.loads((CHART / "values.schema.json").read_text())
-
-
-def helm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([require_helm(), *args], capture_output=True, text=True, timeout=120, check=False)
-
-
-def render(*sets: str) -> dict[tuple[str, str], dict[str, Any]]:
-    args = ["template", "dmlt", str(CHART), "--namespace", "dmlt", "--kube-version", "1.34.0"]
-    for s in sets:
-        args += ["--set", s]
-    out = helm(*args)
-    assert out.returncode == 0, out.stderr
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
-
-
-# --------------------------------------------------------------------------- values
 
 
 def test_every_value_has_a_comment():
@@ -145,7 +121,7 @@ def test_operator_deployment():
     assert env["DMLT_DEFAULT_TRACKING_URI"] == "http://dmlt-mlflow.dmlt.svc:5000"
     assert env["DMLT_HEALTH_PORT"] == "8080" and env["DMLT_METRICS_PORT"] == "9090"
     # Every DMLT_* variable the chart sets is one the operator reads.
-    from dmlt_operator.config import OperatorConfig
+    from dmlt_operator.core.config import OperatorConfig
 
     cfg = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("DMLT_")})
     assert cfg.default_tracking_uri == "http://dmlt-mlflow.dmlt.svc:5000"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helm_binary import require_helm
+from tests.helpers.helm_binary import require_helm
 
 pytestmark = pytest.mark.unit
 

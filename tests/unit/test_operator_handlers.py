@@ -4,53 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import kopf
 import pytest
-from dmlt_operator import handlers
-from dmlt_operator import status as st
-from dmlt_operator.config import OperatorConfig
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.trainingjob import handlers
+from dmlt_operator.trainingjob import pods as pd
 from kubernetes.client.exceptions import ApiException
+
+from tests.helpers.operator_fakes import FakeJobKube
 
 pytestmark = pytest.mark.unit
 
 LOG = logging.getLogger("test")
-
-
-class FakeKube:
-    def __init__(self, logs: dict[str, str] | None = None, existing: set[str] | None = None):
-        self.logs = logs or {}
-        self.existing = set(existing or ())
-        self.created: list[dict[str, Any]] = []
-        self.deleted: list[tuple[str, str | None]] = []
-        self.events: list[tuple[str, str, str]] = []
-        self.jobs_deleted: list[str] = []
-
-    def create_pod(self, pod):
-        if pod["metadata"]["name"] in self.existing:
-            return False
-        self.existing.add(pod["metadata"]["name"])
-        self.created.append(pod)
-        return True
-
-    def create_service(self, svc):
-        self.created.append(svc)
-        return True
-
-    def delete_pod(self, namespace, name, uid=None):
-        self.deleted.append((name, uid))
-        return True
-
-    def read_pod_log(self, namespace, name, container, tail_lines, limit_bytes):
-        return self.logs.get(name)
-
-    def delete_trainingjob(self, namespace, name):
-        self.jobs_deleted.append(name)
-        return True
-
-    def post_event(self, body, type_, reason, message):
-        self.events.append((type_, reason, message))
 
 
 def body(status=None, **spec):
@@ -72,14 +38,14 @@ def tick(b, kube, pods=()):
 
 
 def running_pod(rank, phase="Running"):
-    return st.PodSummary(
+    return pd.PodSummary(
         name=f"ddp-{rank}", rank=rank, attempt=0, owner_uid="job-uid", uid=f"p{rank}",
         phase=phase, ready=phase == "Running", started=True,
     )  # fmt: skip
 
 
 def test_first_tick_creates_service_and_pods_and_writes_status():
-    kube = FakeKube()
+    kube = FakeJobKube()
     patch = tick(body(), kube)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in kube.created]
     assert kinds == [("Service", "ddp"), ("Pod", "ddp-0"), ("Pod", "ddp-1")]
@@ -89,7 +55,7 @@ def test_first_tick_creates_service_and_pods_and_writes_status():
 
 
 def test_second_identical_tick_patches_nothing():
-    kube = FakeKube()
+    kube = FakeJobKube()
     first = tick(body(), kube)
     status = first["status"]
     pods = [running_pod(0), running_pod(1)]
@@ -100,7 +66,7 @@ def test_second_identical_tick_patches_nothing():
 
 
 def test_already_existing_pods_are_not_announced():
-    kube = FakeKube(existing={"ddp-0", "ddp-1"})
+    kube = FakeJobKube(existing={"ddp-0", "ddp-1"})
     tick(body(), kube)
     assert not any(r == "CreatedPods" for _, r, _ in kube.events)
 
@@ -108,7 +74,7 @@ def test_already_existing_pods_are_not_announced():
 def test_progress_is_read_from_rank0_log():
     line = json.dumps({"event": "epoch", "epoch": 2, "epochs": 4,
                        "metrics": {"val_auc": 0.88}, "mlflow_run_id": "run9"})  # fmt: skip
-    kube = FakeKube(logs={"ddp-0": "noise\n" + line + "\n"})
+    kube = FakeJobKube(logs={"ddp-0": "noise\n" + line + "\n"})
     status = dict(tick(body(), kube)["status"])
     patch = tick(body(status), kube, [running_pod(0), running_pod(1)])
     assert patch["status"]["progress"]["summary"] == "2/4"
@@ -117,7 +83,7 @@ def test_progress_is_read_from_rank0_log():
 
 
 def test_failed_rank_deletes_the_gang_with_uid_preconditions():
-    kube = FakeKube()
+    kube = FakeJobKube()
     status = dict(tick(body(), kube)["status"])
     status.update(tick(body(status), kube, [running_pod(0), running_pod(1)])["status"])
     patch = tick(body(status), kube, [running_pod(0), running_pod(1, "Failed")])
@@ -127,7 +93,7 @@ def test_failed_rank_deletes_the_gang_with_uid_preconditions():
 
 
 def test_invalid_spec_fails_the_job_once():
-    kube = FakeKube()
+    kube = FakeJobKube()
     patch = tick(body(replicas=0), kube)
     assert patch["status"]["phase"] == "Failed"
     assert "spec.replicas" in patch["status"]["message"]
@@ -160,7 +126,7 @@ def test_trainer_pods_index():
     assert handlers.trainer_pods(namespace="ns", labels=pod_body["metadata"]["labels"], body=pod_body) == {}
 
 
-class RefusingKube(FakeKube):
+class RefusingKube(FakeJobKube):
     def create_pod(self, pod):
         exc = ApiException(status=403, reason="Forbidden")
         exc.body = json.dumps({"message": 'pods "ddp-0" is forbidden: exceeded quota'})
@@ -181,7 +147,7 @@ def test_refused_pod_creation_is_reported_not_raised():
 
 
 def test_server_errors_propagate_for_kopf_to_retry():
-    class BrokenKube(FakeKube):
+    class BrokenKube(FakeJobKube):
         def create_pod(self, pod):
             raise ApiException(status=500, reason="Internal")
 
@@ -190,7 +156,7 @@ def test_server_errors_propagate_for_kopf_to_retry():
 
 
 def test_unreadable_logs_do_not_stall_the_job():
-    class NoLogs(FakeKube):
+    class NoLogs(FakeJobKube):
         def read_pod_log(self, *args, **kwargs):
             raise ApiException(status=500, reason="kubelet unreachable")
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dmlt_operator import reconcile as rc
-from dmlt_operator import status as st
-from dmlt_operator.resources import JobRef
-from dmlt_operator.spec import parse_spec
+from dmlt_operator.trainingjob import plan as rc
+from dmlt_operator.trainingjob import pods as pd
+from dmlt_operator.trainingjob import progress as pg
+from dmlt_operator.trainingjob.build import JobRef
+from dmlt_operator.trainingjob.spec import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +25,7 @@ def spec(replicas=2, **run_policy):
 def pod(rank, state="Running", attempt=0, owner=UID, deleting=False, exit_code=None, reason=None):
     phase = {"Running": "Running", "Pending": "Pending", "Succeeded": "Succeeded",
              "Failed": "Failed"}[state]  # fmt: skip
-    return st.PodSummary(
+    return pd.PodSummary(
         name=f"ddp-{rank}",
         rank=rank,
         attempt=attempt,
@@ -73,7 +74,7 @@ def test_new_job_creates_every_rank_and_the_service():
     assert s["attempt"] == 0 and s["restarts"] == 0
     assert s["startTime"] == "2026-11-27T12:00:00Z"
     assert s["ready"] == "0/2"
-    assert [r["state"] for r in s["ranks"]] == [st.ABSENT, st.ABSENT]
+    assert [r["state"] for r in s["ranks"]] == [pd.ABSENT, pd.ABSENT]
     assert cond(s, rc.COND_CREATED)["status"] == "True"
     assert s["observedGeneration"] == 1
 
@@ -84,7 +85,7 @@ def test_pending_pods_are_not_recreated():
     assert p.create_ranks == []
     assert p.status["phase"] == rc.PENDING
     assert "ImagePullBackOff" in p.status["message"]
-    assert [r["state"] for r in p.status["ranks"]] == [st.PENDING, st.PENDING]
+    assert [r["state"] for r in p.status["ranks"]] == [pd.PENDING, pd.PENDING]
 
 
 def test_partially_created_gang_creates_only_the_missing_rank():
@@ -115,7 +116,7 @@ def test_same_observation_twice_changes_nothing():
     pods = [pod(0), pod(1)]
     first = run(status, pods, now=T0 + timedelta(seconds=5))
     second = run(first.status, pods, now=T0 + timedelta(seconds=10))
-    assert st.status_delta(first.status, second.status) == {}
+    assert rc.status_delta(first.status, second.status) == {}
     assert second.create_ranks == [] and second.delete_pods == [] and second.events == []
 
 
@@ -211,7 +212,7 @@ def test_clean_pod_policies_on_failure():
 
 
 def finished_report(status="completed", sha="a" * 64):
-    return st.TrainerReport(
+    return pg.TrainerReport(
         epoch=3, epochs=3, metrics={"val_auc": 0.93}, mlflow_run_id="run1",
         finished={"status": status, "weightsSha256": sha, "mlflowRunId": "run1"},
     )  # fmt: skip
@@ -265,7 +266,7 @@ def test_terminal_job_is_left_alone():
     p = run(done, [], now=T0 + timedelta(hours=1))
     assert p.status["phase"] == rc.SUCCEEDED
     assert p.create_ranks == [] and p.events == [] and not p.delete_job
-    assert st.status_delta(done, p.status) == {}
+    assert rc.status_delta(done, p.status) == {}
 
 
 # --------------------------------------------------------------------------- TTL & deadline
@@ -314,7 +315,7 @@ def test_suspend_deletes_the_gang_and_resume_recreates_it():
     # Still suspended, Pods terminating: nothing new, no second event, no second bump.
     p2 = run(p.status, [pod(0, deleting=True), pod(1, deleting=True)], s=s_susp)
     assert p2.status["attempt"] == 1 and p2.events == [] and p2.delete_pods == []
-    assert st.status_delta(p.status, p2.status) == {}
+    assert rc.status_delta(p.status, p2.status) == {}
 
     # Resume while the old Pods still terminate: wait; then recreate from the checkpoint.
     later = T0 + timedelta(minutes=10)
@@ -369,7 +370,7 @@ def test_pods_of_a_previous_job_with_the_same_name_block_creation():
 
 def test_progress_from_rank0_report_and_kept_when_absent():
     status = running_status()
-    report = st.TrainerReport(epoch=2, epochs=5, metrics={"val_auc": 0.8}, mlflow_run_id="r1")
+    report = pg.TrainerReport(epoch=2, epochs=5, metrics={"val_auc": 0.8}, mlflow_run_id="r1")
     p = run(status, [pod(0), pod(1)], reports={"ddp-0": report})
     assert p.status["progress"] == {"epoch": 2, "epochs": 5, "summary": "2/5", "percent": 40}
     assert p.status["metrics"] == {"val_auc": 0.8}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from dmlt_operator import resources as res
-from dmlt_operator.config import OperatorConfig
-from dmlt_operator.spec import parse_spec
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.core.objects import JOB_KIND, owner_reference
+from dmlt_operator.trainingjob import build as res
+from dmlt_operator.trainingjob.spec import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +35,7 @@ def test_names_are_deterministic():
 
 
 def test_owner_reference_is_a_controller_ref():
-    ref = res.owner_reference(JOB)
+    ref = owner_reference(JOB, JOB_KIND)
     assert ref == {
         "apiVersion": "dmlt.io/v1alpha1",
         "kind": "TrainingJob",
@@ -71,7 +72,7 @@ def test_rank_pod_identity_and_labels():
         "dmlt.io/rank": "1",
         "dmlt.io/attempt": "2",
     }
-    assert meta["ownerReferences"] == [res.owner_reference(JOB)]
+    assert meta["ownerReferences"] == [owner_reference(JOB, JOB_KIND)]
     # The Service selects every rank's Pod.
     svc = res.build_service(JOB, spec())
     assert svc["spec"]["selector"].items() <= meta["labels"].items()

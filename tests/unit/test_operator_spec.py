@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dmlt_operator.spec import SpecError, check_job_name, parse_spec
+from dmlt_operator.trainingjob.spec import SpecError, check_job_name, parse_spec
 
 pytestmark = pytest.mark.unit
 

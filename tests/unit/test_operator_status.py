@@ -6,7 +6,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dmlt_operator import status as st
+from dmlt_operator.core import conditions as cond
+from dmlt_operator.trainingjob import plan as rc
+from dmlt_operator.trainingjob import pods as pd
+from dmlt_operator.trainingjob import progress as pg
 
 pytestmark = pytest.mark.unit
 
@@ -51,10 +54,10 @@ def pod_body(
 
 
 def test_running_pod_summary():
-    s = st.summarize_pod(pod_body())
+    s = pd.summarize_pod(pod_body())
     assert s.name == "ddp-0" and s.rank == 0 and s.attempt == 0
     assert s.owner_uid == "uid-1" and s.uid == "pod-ddp-0"
-    assert s.ready and s.started and s.state == st.RUNNING
+    assert s.ready and s.started and s.state == pd.RUNNING
     assert s.node == "node-a"
 
 
@@ -64,18 +67,18 @@ def test_failed_pod_summary_has_exit_code_and_reason():
         state={"terminated": {"exitCode": 1, "reason": "Error", "message": "boom"}},
         ready=False,
     )
-    s = st.summarize_pod(body)
-    assert s.state == st.FAILED
+    s = pd.summarize_pod(body)
+    assert s.state == pd.FAILED
     assert s.exit_code == 1 and s.reason == "Error" and s.message == "boom"
-    assert "rank 0 (pod ddp-0) failed: Error, exit code 1" in st.describe_failure(s)
+    assert "rank 0 (pod ddp-0) failed: Error, exit code 1" in pd.describe_failure(s)
 
 
 def test_evicted_pod_reason_comes_from_pod_status():
     body = pod_body(phase="Failed", state={}, ready=False)
     body["status"]["reason"] = "Evicted"
     body["status"]["message"] = "The node was low on resource: memory."
-    s = st.summarize_pod(body)
-    assert s.state == st.FAILED and s.reason == "Evicted"
+    s = pd.summarize_pod(body)
+    assert s.state == pd.FAILED and s.reason == "Evicted"
 
 
 def test_waiting_pod_surfaces_image_pull_errors():
@@ -84,8 +87,8 @@ def test_waiting_pod_surfaces_image_pull_errors():
         state={"waiting": {"reason": "ImagePullBackOff", "message": "not found"}},
         ready=False,
     )
-    s = st.summarize_pod(body)
-    assert s.state == st.PENDING and not s.started
+    s = pd.summarize_pod(body)
+    assert s.state == pd.PENDING and not s.started
     assert s.reason == "ImagePullBackOff"
 
 
@@ -97,33 +100,33 @@ def test_unschedulable_pod_reason():
                      "message": "0/1 nodes are available"}],
     )  # fmt: skip
     body["status"]["containerStatuses"] = []
-    s = st.summarize_pod(body)
-    assert s.state == st.PENDING and s.reason == "Unschedulable"
+    s = pd.summarize_pod(body)
+    assert s.state == pd.PENDING and s.reason == "Unschedulable"
 
 
 def test_terminating_pod():
-    assert st.summarize_pod(pod_body(deleting=True)).state == st.TERMINATING
+    assert pd.summarize_pod(pod_body(deleting=True)).state == pd.TERMINATING
     # A finished Pod being deleted is still finished.
     done = pod_body(phase="Succeeded", state={"terminated": {"exitCode": 0}}, deleting=True)
-    assert st.summarize_pod(done).state == st.SUCCEEDED
+    assert pd.summarize_pod(done).state == pd.SUCCEEDED
 
 
 def test_running_phase_without_started_container_is_pending():
     body = pod_body(state={"waiting": {"reason": "ContainerCreating"}}, ready=False)
-    assert st.summarize_pod(body).state == st.PENDING
+    assert pd.summarize_pod(body).state == pd.PENDING
 
 
 @pytest.mark.parametrize("labels", [{"dmlt.io/rank": "x"}, {"dmlt.io/attempt": "-1"}, {}])
 def test_pod_with_bad_labels_is_ignored(labels):
     body = pod_body()
     body["metadata"]["labels"] = {"dmlt.io/job-name": "ddp", **labels}
-    assert st.summarize_pod(body) is None
+    assert pd.summarize_pod(body) is None
 
 
 def test_summary_without_owner():
     body = pod_body()
     body["metadata"]["ownerReferences"] = []
-    assert st.summarize_pod(body).owner_uid is None
+    assert pd.summarize_pod(body).owner_uid is None
 
 
 # --------------------------------------------------------------------------- logs
@@ -153,12 +156,12 @@ def test_latest_epoch_wins_and_noise_is_skipped():
             "Traceback (most recent call last):",
         ]
     )
-    report = st.parse_trainer_log(text)
+    report = pg.parse_trainer_log(text)
     assert report.epoch == 2 and report.epochs == 10
     assert report.metrics == {"lr": 0.001, "val_auc": 0.85}
     assert report.mlflow_run_id == "abc123"
     assert report.finished is None
-    assert st.progress_of(report) == {"epoch": 2, "epochs": 10, "summary": "2/10", "percent": 20}
+    assert pg.progress_of(report) == {"epoch": 2, "epochs": 10, "summary": "2/10", "percent": 20}
 
 
 def test_metrics_are_sanitised():
@@ -178,14 +181,14 @@ def test_metrics_are_sanitised():
             },
         }
     )
-    report = st.parse_trainer_log(line)
+    report = pg.parse_trainer_log(line)
     assert report.metrics == {"ok/name-1.x": 2.0, "val_auc": 0.912346}
 
 
 def test_too_many_metrics_are_capped():
     metrics = {f"m{i:03d}": i for i in range(100)}
     line = json.dumps({"event": "epoch", "epoch": 1, "epochs": 1, "metrics": metrics})
-    assert len(st.parse_trainer_log(line).metrics) == st.MAX_METRICS
+    assert len(pg.parse_trainer_log(line).metrics) == pg.MAX_METRICS
 
 
 def test_finished_event():
@@ -194,7 +197,7 @@ def test_finished_event():
         {"event": "finished", "rank": 0, "world_size": 2, "status": "early_stopped",
          "weights_sha256": sha, "mlflow_run_id": "abc123"}
     )  # fmt: skip
-    report = st.parse_trainer_log(text)
+    report = pg.parse_trainer_log(text)
     assert report.finished == {
         "status": "early_stopped",
         "weightsSha256": sha,
@@ -215,9 +218,9 @@ def test_finished_event():
     ],
 )
 def test_malformed_events_are_ignored(line):
-    report = st.parse_trainer_log(line)
+    report = pg.parse_trainer_log(line)
     assert report.epoch is None and report.finished is None
-    assert st.progress_of(report) is None
+    assert pg.progress_of(report) is None
 
 
 def test_bad_hash_and_run_id_are_dropped():
@@ -225,27 +228,27 @@ def test_bad_hash_and_run_id_are_dropped():
         {"event": "finished", "status": "completed", "weights_sha256": "xyz",
          "mlflow_run_id": "../../etc"}
     )  # fmt: skip
-    report = st.parse_trainer_log(line)
+    report = pg.parse_trainer_log(line)
     assert report.finished == {"status": "completed"}
     assert report.mlflow_run_id is None
 
 
 def test_epoch_beyond_total_is_clamped_and_missing_total_allowed():
-    assert st.parse_trainer_log(epoch_line(12, epochs=10)).epoch == 10
-    report = st.parse_trainer_log('{"event": "epoch", "epoch": 3}')
-    assert st.progress_of(report) == {"epoch": 3, "summary": "3"}
+    assert pg.parse_trainer_log(epoch_line(12, epochs=10)).epoch == 10
+    report = pg.parse_trainer_log('{"event": "epoch", "epoch": 3}')
+    assert pg.progress_of(report) == {"epoch": 3, "summary": "3"}
 
 
 def test_none_and_huge_garbage():
-    assert st.parse_trainer_log(None).empty
-    assert st.parse_trainer_log("{" * 10000 + "}" * 10000).empty
+    assert pg.parse_trainer_log(None).empty
+    assert pg.parse_trainer_log("{" * 10000 + "}" * 10000).empty
 
 
 # --------------------------------------------------------------------------- conditions
 
 
 def test_set_condition_adds_and_keeps_transition_time_when_unchanged():
-    conds = st.set_condition([], "Running", True, "AllRanksRunning", "ok", NOW, 2)
+    conds = cond.set_condition([], "Running", True, "AllRanksRunning", "ok", NOW, 2)
     assert conds == [
         {
             "type": "Running",
@@ -257,35 +260,35 @@ def test_set_condition_adds_and_keeps_transition_time_when_unchanged():
         }
     ]
     later = NOW + timedelta(minutes=5)
-    same = st.set_condition(conds, "Running", True, "AllRanksRunning", "still ok", later, 2)
+    same = cond.set_condition(conds, "Running", True, "AllRanksRunning", "still ok", later, 2)
     assert same[0]["lastTransitionTime"] == "2026-11-27T12:00:00Z"
     assert same[0]["message"] == "still ok"
-    flipped = st.set_condition(same, "Running", False, "RankFailed", "x", later, 2)
+    flipped = cond.set_condition(same, "Running", False, "RankFailed", "x", later, 2)
     assert flipped[0]["status"] == "False"
     assert flipped[0]["lastTransitionTime"] == "2026-11-27T12:05:00Z"
 
 
 def test_clear_condition_only_when_present():
-    assert st.clear_condition([], "Running", "R", "m", NOW) == []
-    conds = st.set_condition([], "Running", True, "R", "m", NOW)
-    assert st.clear_condition(conds, "Running", "X", "y", NOW)[0]["status"] == "False"
-    assert st.condition_is_true(conds, "Running")
+    assert cond.clear_condition([], "Running", "R", "m", NOW) == []
+    conds = cond.set_condition([], "Running", True, "R", "m", NOW)
+    assert cond.clear_condition(conds, "Running", "X", "y", NOW)[0]["status"] == "False"
+    assert cond.condition_is_true(conds, "Running")
 
 
 def test_status_delta():
     old = {"phase": "Running", "restarts": 0, "progress": {"epoch": 1}, "kopf": {"x": 1}}
     new = {"phase": "Running", "restarts": 1, "progress": {"epoch": 2}}
-    assert st.status_delta(old, new) == {"restarts": 1, "progress": {"epoch": 2}}
-    assert st.status_delta(new, new) == {}
+    assert rc.status_delta(old, new) == {"restarts": 1, "progress": {"epoch": 2}}
+    assert rc.status_delta(new, new) == {}
     # A managed key that disappears is removed; foreign keys are left alone.
-    assert st.status_delta({"startTime": "t", "kopf": {}}, {}) == {"startTime": None}
+    assert rc.status_delta({"startTime": "t", "kopf": {}}, {}) == {"startTime": None}
 
 
 def test_time_helpers():
-    assert st.format_time(NOW) == "2026-11-27T12:00:00Z"
-    assert st.parse_time("2026-11-27T12:00:00Z") == NOW
-    assert st.parse_time("garbage") is None
-    assert st.parse_time(None) is None
+    assert cond.format_time(NOW) == "2026-11-27T12:00:00Z"
+    assert cond.parse_time("2026-11-27T12:00:00Z") == NOW
+    assert cond.parse_time("garbage") is None
+    assert cond.parse_time(None) is None
 
 
 # Two lines as dmlt_trainer printed them on rank 0 (2 ranks, gloo, launched with the exact
@@ -302,8 +305,8 @@ REAL_RANK0_LOG = "\n".join(
 
 
 def test_real_trainer_output():
-    report = st.parse_trainer_log(REAL_RANK0_LOG)
-    assert st.progress_of(report)["summary"] == "2/2"
+    report = pg.parse_trainer_log(REAL_RANK0_LOG)
+    assert pg.progress_of(report)["summary"] == "2/2"
     assert 0 < report.metrics["val_auc"] < 1
     assert {"train_loss", "val_loss", "lr"} <= set(report.metrics)
     assert report.finished["status"] == "completed"
@@ -315,6 +318,6 @@ def test_real_trainer_output():
 def test_priority_metrics_survive_the_cap():
     metrics = {f"a{i:03d}": i for i in range(100)} | {"val_auc": 0.9, "lr": 0.1}
     line = json.dumps({"event": "epoch", "epoch": 1, "epochs": 1, "metrics": metrics})
-    kept = st.parse_trainer_log(line).metrics
-    assert len(kept) == st.MAX_METRICS
+    kept = pg.parse_trainer_log(line).metrics
+    assert len(kept) == pg.MAX_METRICS
     assert kept["val_auc"] == 0.9 and kept["lr"] == 0.1

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 import yaml
-from dmlt_operator import GROUP, VERSION
-from dmlt_operator import study_reconcile as sr
-from dmlt_operator.study_resources import StudyRef
-from dmlt_operator.study_spec import OBJECTIVE_METRICS, PRUNERS, STUDY_KIND, STUDY_PLURAL, parse_study_spec
-from dmlt_trainer.config import EPOCH_METRICS
-from dmlt_trainer.config import PRUNERS as TRAINER_PRUNERS
+from dmlt_contract import EPOCH_METRICS, PRUNERS
+from dmlt_operator.core.objects import GROUP, STUDY_KIND, STUDY_PLURAL, VERSION
+from dmlt_operator.tuningstudy import plan as sr
+from dmlt_operator.tuningstudy import trials as tr
+from dmlt_operator.tuningstudy.build import StudyRef
+from dmlt_operator.tuningstudy.spec import parse_study_spec
 
-from tests.unit.test_crd_schema import apply_defaults, assert_fits, to_cel, walk
+from tests.helpers.crd_schema import apply_defaults, assert_fits, to_cel, walk
 
 pytestmark = pytest.mark.unit
 
@@ -56,14 +56,12 @@ def sync_module():
     return module
 
 
-def test_objective_metrics_and_pruners_are_the_trainers(schema):
-    """The operator cannot import the trainer, so it keeps copies: of the metrics the trainer
-    logs per epoch (an objective names one) and of the pruners it builds."""
+def test_objective_metrics_and_pruners_are_the_contracts(schema):
+    """The CRD offers the metrics the trainer logs per epoch (an objective names one) and the
+    pruners both sides build: the contract's lists."""
     spec = schema["properties"]["spec"]["properties"]
-    assert OBJECTIVE_METRICS == EPOCH_METRICS
     assert spec["objective"]["properties"]["metric"]["enum"] == list(EPOCH_METRICS)
-    assert PRUNERS == TRAINER_PRUNERS
-    assert spec["pruner"]["properties"]["name"]["enum"] == list(TRAINER_PRUNERS)
+    assert spec["pruner"]["properties"]["name"]["enum"] == list(PRUNERS)
 
 
 # --------------------------------------------------------------------------- the template copy
@@ -180,13 +178,13 @@ def test_status_schema_covers_what_the_operator_writes(schema):
     ref = StudyRef("s", "ns", "uid", 1)
     now = datetime(2026, 1, 1, tzinfo=UTC)
     trials = [
-        sr.TrialRecord(0, sr.T_RUNNING, {"lr": 0.01}, None, {"dmlt.value": 0.9, "dmlt.mlflow_run_id": "r0",
+        tr.TrialRecord(0, tr.T_RUNNING, {"lr": 0.01}, None, {"dmlt.value": 0.9, "dmlt.mlflow_run_id": "r0",
                                                             "dmlt.model_uri": "models:/m-1"}),
-        sr.TrialRecord(1, sr.T_RUNNING, {"lr": 0.02}, None, {"dmlt.outcome": "pruned"}),
+        tr.TrialRecord(1, tr.T_RUNNING, {"lr": 0.02}, None, {"dmlt.outcome": "pruned"}),
     ]  # fmt: skip
     jobs = [
-        sr.TrialJob("s-t0", 0, "uid", phase="Succeeded", result="completed"),
-        sr.TrialJob("s-t1", 1, "uid", phase="Succeeded", result="pruned"),
+        tr.TrialJob("s-t0", 0, "uid", phase="Succeeded", result="completed"),
+        tr.TrialJob("s-t1", 1, "uid", phase="Succeeded", result="pruned"),
     ]
     plan = sr.plan(ref, spec, None, trials, jobs, now, tracking=True, parent_run_id="p1")
     assert plan.status["phase"] == sr.SUCCEEDED

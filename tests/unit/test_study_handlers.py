@@ -4,187 +4,19 @@ a fake MLflow, and "trainers" that report to the study the way dmlt-train does."
 from __future__ import annotations
 
 import base64
-import logging
-from collections import Counter
-from typing import Any
 
-import kopf
 import optuna
 import pytest
 import sqlalchemy.exc
-from dmlt_operator import study_handlers as h
-from dmlt_operator import study_reconcile as sr
-from dmlt_operator.config import OperatorConfig
-from dmlt_operator.mlflow_rest import MlflowError
-from dmlt_operator.study_storage import StudyStore
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.tuningstudy import handlers as h
+from dmlt_operator.tuningstudy import plan as sr
+from dmlt_operator.tuningstudy.store import StudyStore
 from kubernetes.client.exceptions import ApiException
 
+from tests.helpers.study_harness import LOG, UID, Harness
+
 pytestmark = pytest.mark.unit
-
-LOG = logging.getLogger("test")
-NS, NAME, UID = "ns", "study", "study-uid"
-
-
-class FakeKube:
-    """The API as the handler sees it: TrainingJobs, one Secret, events."""
-
-    def __init__(self, url: str | None) -> None:
-        self.secrets = {("ns", "dmlt-postgresql", "url"): url} if url else {}
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.created: list[str] = []
-        self.deleted: list[str] = []
-        self.events: list[tuple[str, str, str]] = []
-        self.refuse: ApiException | None = None
-        self.max_active = 0
-
-    def read_secret_value(self, namespace, name, key):
-        return self.secrets.get((namespace, name, key))
-
-    def create_trainingjob(self, job):
-        if self.refuse is not None:
-            raise self.refuse
-        name = job["metadata"]["name"]
-        if name in self.jobs:
-            return False
-        self.jobs[name] = {**job, "status": {}}
-        self.created.append(name)
-        self.max_active = max(self.max_active, self.active())
-        return True
-
-    def list_trainingjobs(self, namespace, label_selector):
-        wanted = dict(kv.split("=") for kv in label_selector.split(","))
-        return [j for j in self.jobs.values() if wanted.items() <= j["metadata"]["labels"].items()]
-
-    def delete_trainingjob(self, namespace, name):
-        self.deleted.append(name)
-        return self.jobs.pop(name, None) is not None
-
-    def post_event(self, body, type_, reason, message):
-        self.events.append((type_, reason, message))
-
-    def active(self) -> int:
-        return sum(1 for j in self.jobs.values() if j["status"].get("phase") not in ("Succeeded", "Failed"))
-
-
-class FakeMlflow:
-    def __init__(self) -> None:
-        self.parent_runs: list[str] = []
-        self.finished: list[tuple[str, str, dict]] = []
-        self.registered: list[tuple[str, str, str | None, dict]] = []
-        self.down = False
-        self.registry_down = False
-        self.registry_refuses = False
-
-    def __call__(self, uri: str) -> FakeMlflow:
-        return self
-
-    def ensure_parent_run(self, experiment, run_name, study, study_uid, params=None):
-        if self.down:
-            raise MlflowError("MLflow runs/search: cannot reach http://m:5000: refused")
-        self.parent_runs.append(study_uid)
-        return "parent-1"
-
-    def finish_run(self, run_id, status, metrics=None, tags=None):
-        self.finished.append((run_id, status, dict(metrics or {})))
-
-    def register_model(self, name, source, run_id, tags, description=""):
-        if self.registry_down:
-            raise MlflowError("MLflow registered-models/create: 503", status=503)
-        if self.registry_refuses:
-            raise MlflowError("MLflow model-versions/create: 400 INVALID_PARAMETER_VALUE bad source", 400)
-        self.registered.append((name, source, run_id, dict(tags)))
-        return "1"
-
-
-def study_body(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    s = {
-        "parameters": [
-            {"name": "lr", "type": "float", "min": 1e-4, "max": 1e-1, "log": True},
-            {"name": "batchSize", "type": "categorical", "choices": [256, 512]},
-        ],
-        "trialTemplate": {"image": "dmlt-trainer:dev", "trainer": {"epochs": 3}},
-        "maxTrials": 5,
-        "parallelism": 2,
-        "algorithm": {"name": "random", "seed": 1},
-        **spec,
-    }
-    return {
-        "apiVersion": "dmlt.io/v1alpha1", "kind": "TuningStudy",
-        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
-        "spec": s, "status": status or {},
-    }  # fmt: skip
-
-
-class Harness:
-    def __init__(self, tmp_path, **spec: Any) -> None:
-        self.url = f"sqlite:///{tmp_path / 'optuna.db'}"
-        self.kube = FakeKube(self.url)
-        self.mlflow = FakeMlflow()
-        self.body = study_body(**spec)
-        self.config = OperatorConfig(
-            default_tracking_uri="http://m:5000", default_storage_secret="dmlt-postgresql"
-        )
-        self.store = StudyStore()
-        self.outcome = lambda number: ("completed", 0.7 + number / 100)
-
-    def memo(self) -> kopf.Memo:
-        return kopf.Memo(
-            config=self.config, kube=self.kube, study_store=self.store, mlflow_client=self.mlflow
-        )
-
-    def tick(self) -> dict[str, Any]:
-        patch = kopf.Patch()
-        try:
-            h.reconcile_study_tick(self.body, self.body["spec"], self.body["status"], patch, self.memo(), LOG)
-        finally:
-            status = dict(self.body["status"])
-            for key, value in (patch.get("status") or {}).items():
-                if value is None:
-                    status.pop(key, None)
-                else:
-                    status[key] = value
-            self.body["status"] = status
-        return dict(patch.get("status") or {})
-
-    def trial(self, number: int) -> optuna.Trial:
-        storage = self.store.storage(self.url)
-        study = optuna.load_study(study_name=f"{NS}.{NAME}", storage=storage)
-        return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-
-    def run_trainers(self) -> None:
-        """Every job that exists finishes, reporting as dmlt-train does."""
-        for job in self.kube.jobs.values():
-            if job["status"].get("phase"):
-                continue
-            number = int(job["metadata"]["labels"]["dmlt.io/trial"])
-            kind, value = self.outcome(number)
-            if kind == "failed":
-                job["status"] = {"phase": "Failed", "message": "BackoffLimitExceeded"}
-                continue
-            try:
-                trial = self.trial(number)
-            except KeyError:  # the database lost the trial: the trainer cannot report to it
-                job["status"] = {"phase": "Failed", "message": "trial not found"}
-                continue
-            trial.report(0.6, 0)
-            trial.set_user_attr("dmlt.outcome", kind)
-            trial.set_user_attr("dmlt.mlflow_run_id", f"run{number}")
-            trial.set_user_attr("dmlt.model_uri", f"models:/m-{number}")
-            if value is not None:
-                trial.set_user_attr("dmlt.value", value)
-            job["status"] = {"phase": "Succeeded", "result": kind, "mlflowRunId": f"run{number}"}
-
-    def run(self, ticks: int = 40) -> None:
-        for _ in range(ticks):
-            self.tick()
-            if self.body["status"].get("phase") in sr.TERMINAL:
-                return
-            self.run_trainers()
-        raise AssertionError(f"not finished: {self.body['status']}")
-
-    def db_states(self) -> Counter:
-        study = optuna.load_study(study_name=f"{NS}.{NAME}", storage=self.url)
-        return Counter(t.state.name for t in study.trials)
 
 
 def test_a_study_runs_to_succeeded_and_registers_its_best_model(tmp_path):
@@ -367,7 +199,7 @@ def test_retain_study_keeps_it(tmp_path):
 
 
 def test_secret_values_are_decoded():
-    from dmlt_operator.kube import Kube
+    from dmlt_operator.core.kube import Kube
 
     class Core:
         def read_namespaced_secret(self, name, namespace, _request_timeout=None):

@@ -8,9 +8,9 @@ import re
 
 import pytest
 import yaml
-from dmlt_operator.config import OperatorConfig
+from dmlt_operator.core.config import OperatorConfig
 
-from tests.unit.test_helm_chart import CHART, helm, render
+from tests.helpers.helm_chart import CHART, helm, render
 
 pytestmark = pytest.mark.unit
 

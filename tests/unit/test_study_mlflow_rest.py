@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from dmlt_operator.mlflow_rest import MlflowError, MlflowRest, logged_model_id
+from dmlt_operator.tuningstudy.mlflow_rest import MlflowError, MlflowRest, logged_model_id
 
 pytestmark = pytest.mark.unit
 

@@ -10,31 +10,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from dmlt_operator import study_reconcile as sr
-from dmlt_operator.study_resources import StudyRef, trial_job_name
-from dmlt_operator.study_spec import parse_study_spec
+from dmlt_operator.tuningstudy import plan as sr
+from dmlt_operator.tuningstudy import trials as tr
+from dmlt_operator.tuningstudy.build import trial_job_name
+
+from tests.helpers.study_plans import REF, T0, spec
 
 pytestmark = pytest.mark.unit
-
-REF = StudyRef("s", "ns", "study-uid", 1)
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def spec(**overrides: Any):
-    raw = {
-        "parameters": [{"name": "lr", "type": "float", "min": 1e-4, "max": 1e-1, "log": True}],
-        "trialTemplate": {"image": "i"},
-        "maxTrials": 8,
-        "parallelism": 2,
-        "maxFailedTrials": 3,
-    }
-    raw.update(overrides)
-    return parse_study_spec(raw)
-
 
 Outcome = tuple[str, float | None]
 
@@ -48,8 +34,8 @@ class World:
         self.spec = study_spec
         self.outcome = outcome
         self.plan_kwargs = plan_kwargs
-        self.trials: dict[int, sr.TrialRecord] = {}
-        self.jobs: dict[int, sr.TrialJob] = {}
+        self.trials: dict[int, tr.TrialRecord] = {}
+        self.jobs: dict[int, tr.TrialJob] = {}
         self.status: dict[str, Any] = {}
         self.now = T0
         self.told: list[tuple[int, str]] = []
@@ -70,7 +56,7 @@ class World:
         plan = self.last = self.plan()
         for tell in plan.tells:
             trial = self.trials[tell.number]
-            if trial.state == sr.T_RUNNING:  # the storage's own check
+            if trial.state == tr.T_RUNNING:  # the storage's own check
                 self.trials[tell.number] = replace(trial, state=tell.state, value=tell.value)
                 self.told.append((tell.number, tell.state))
         if crash == "tell":
@@ -84,8 +70,8 @@ class World:
         for _ in range(plan.ask):
             number = len(self.trials)
             started = (self.now + timedelta(microseconds=number)).isoformat()
-            self.trials[number] = sr.TrialRecord(
-                number, sr.T_RUNNING, {"lr": 0.001 * (number + 1)}, started=started
+            self.trials[number] = tr.TrialRecord(
+                number, tr.T_RUNNING, {"lr": 0.001 * (number + 1)}, started=started
             )
             asked.append(number)
         if crash == "ask":
@@ -102,7 +88,7 @@ class World:
         if number in self.jobs:
             return  # 409: exists
         started = self.trials[number].started
-        self.jobs[number] = sr.TrialJob(
+        self.jobs[number] = tr.TrialJob(
             trial_job_name(REF.name, number), number, REF.uid, uid=f"j{number}", trial_started=started
         )
         self.created.append(number)
@@ -163,8 +149,8 @@ def test_a_study_finishes_with_exactly_max_trials_never_more_than_parallelism_ru
     w.run()
     w.assert_consistent()
     counts = w.counts()
-    assert counts[sr.T_COMPLETE] + counts[sr.T_PRUNED] == 8 and counts[sr.T_RUNNING] == 0
-    assert counts[sr.T_PRUNED] == 2  # trials 2 and 5
+    assert counts[tr.T_COMPLETE] + counts[tr.T_PRUNED] == 8 and counts[tr.T_RUNNING] == 0
+    assert counts[tr.T_PRUNED] == 2  # trials 2 and 5
     assert w.max_active == 2
     s = w.status
     assert s["phase"] == sr.SUCCEEDED and s["trialsDone"] == "8/8"
@@ -187,7 +173,7 @@ def test_failed_trials_are_replaced_and_do_not_count():
     w.run()
     w.assert_consistent()
     counts = w.counts()
-    assert counts[sr.T_COMPLETE] == 8 and counts[sr.T_FAIL] == 2 and len(w.trials) == 10
+    assert counts[tr.T_COMPLETE] == 8 and counts[tr.T_FAIL] == 2 and len(w.trials) == 10
     assert w.status["phase"] == sr.SUCCEEDED and w.status["trials"]["failed"] == 2
 
 
@@ -198,7 +184,7 @@ def test_too_many_failures_fail_the_study_and_stop_its_running_trials():
     w.assert_consistent()
     assert w.status["phase"] == sr.FAILED
     assert "more than maxFailedTrials (1)" in w.status["message"]
-    assert w.counts()[sr.T_RUNNING] == 0  # nothing left RUNNING in the database
+    assert w.counts()[tr.T_RUNNING] == 0  # nothing left RUNNING in the database
     assert w.last.finalize is not None and w.last.finalize.run_status == "FAILED"
     assert w.last.finalize.register is None
     cond = {c["type"]: c for c in w.status["conditions"]}
@@ -211,7 +197,7 @@ def test_failure_stops_trials_that_are_still_running():
     w.step_trainers()  # both Running
     w.jobs[0] = replace(w.jobs[0], phase="Failed", message="boom")
     plan = w.tick()
-    assert [(t.number, t.state) for t in plan.tells] == [(0, sr.T_FAIL), (1, sr.T_FAIL)]
+    assert [(t.number, t.state) for t in plan.tells] == [(0, tr.T_FAIL), (1, tr.T_FAIL)]
     assert plan.delete_jobs == ["s-t1"] and plan.ask == 0
     assert w.status["phase"] == sr.FAILED
 
@@ -222,7 +208,7 @@ def test_crashes_at_any_point_lose_and_duplicate_nothing(crash):
     w.run(crash_every=2, crash=crash)
     w.assert_consistent()
     counts = w.counts()
-    assert counts[sr.T_COMPLETE] + counts[sr.T_PRUNED] == 8 and len(w.trials) == 8
+    assert counts[tr.T_COMPLETE] + counts[tr.T_PRUNED] == 8 and len(w.trials) == 8
     assert w.status["phase"] == sr.SUCCEEDED
 
 
@@ -282,7 +268,7 @@ def test_stray_jobs_are_deleted_and_hold_their_slot_until_gone():
     w = World(spec())
     w.tick()
     w.step_trainers()
-    w.trials[0] = replace(w.trials[0], state=sr.T_FAIL)  # told elsewhere (e.g. optuna CLI)
+    w.trials[0] = replace(w.trials[0], state=tr.T_FAIL)  # told elsewhere (e.g. optuna CLI)
     plan = w.tick()
     assert plan.delete_jobs == ["s-t0"] and plan.ask == 0
     del w.jobs[0]  # the deletion completes
@@ -306,21 +292,21 @@ def test_jobs_left_by_a_database_that_lost_its_trials_are_not_mistaken_for_new_o
     plan = w.tick()
     assert plan.ask == 2 and sorted(w.jobs) == [0, 1] and not plan.tells
     w.run()
-    assert w.counts()[sr.T_COMPLETE] + w.counts()[sr.T_PRUNED] == 8
+    assert w.counts()[tr.T_COMPLETE] + w.counts()[tr.T_PRUNED] == 8
 
 
 def test_jobs_without_the_started_annotation_still_match():
-    trial = sr.TrialRecord(0, sr.T_RUNNING, started="2026-01-01T00:00:00")
-    assert sr.TrialJob("s-t0", 0, "u").runs(trial)
-    assert sr.TrialJob("s-t0", 0, "u", trial_started="2026-01-01T00:00:00").runs(trial)
-    assert not sr.TrialJob("s-t0", 0, "u", trial_started="2025-12-31T00:00:00").runs(trial)
-    assert not sr.TrialJob("s-t0", 0, "u").runs(None)
+    trial = tr.TrialRecord(0, tr.T_RUNNING, started="2026-01-01T00:00:00")
+    assert tr.TrialJob("s-t0", 0, "u").runs(trial)
+    assert tr.TrialJob("s-t0", 0, "u", trial_started="2026-01-01T00:00:00").runs(trial)
+    assert not tr.TrialJob("s-t0", 0, "u", trial_started="2025-12-31T00:00:00").runs(trial)
+    assert not tr.TrialJob("s-t0", 0, "u").runs(None)
 
 
 def test_jobs_of_another_owner_block_their_name():
     w = World(spec())
-    w.trials[0] = sr.TrialRecord(0, sr.T_RUNNING)
-    w.jobs[0] = sr.TrialJob("s-t0", 0, "older-study-uid", phase="Running")
+    w.trials[0] = tr.TrialRecord(0, tr.T_RUNNING)
+    w.jobs[0] = tr.TrialJob("s-t0", 0, "older-study-uid", phase="Running")
     plan = w.tick()
     assert plan.create_trials == [] and plan.ask == 0
     assert "s-t0 of an earlier study or trial" in w.status["message"]
@@ -369,24 +355,24 @@ def test_the_grid_ends_when_it_is_exhausted():
 def test_minimize_and_ties_and_fallback_values():
     w = World(spec(objective={"metric": "val_loss", "direction": "minimize"}))
     trials = [
-        sr.TrialRecord(0, sr.T_COMPLETE, {"lr": 0.1}, 0.3),
-        sr.TrialRecord(1, sr.T_COMPLETE, {"lr": 0.2}, 0.2),
-        sr.TrialRecord(2, sr.T_COMPLETE, {"lr": 0.3}, 0.2),
-        sr.TrialRecord(3, sr.T_PRUNED, {"lr": 0.4}, 0.01),  # pruned values never win
+        tr.TrialRecord(0, tr.T_COMPLETE, {"lr": 0.1}, 0.3),
+        tr.TrialRecord(1, tr.T_COMPLETE, {"lr": 0.2}, 0.2),
+        tr.TrialRecord(2, tr.T_COMPLETE, {"lr": 0.3}, 0.2),
+        tr.TrialRecord(3, tr.T_PRUNED, {"lr": 0.4}, 0.01),  # pruned values never win
     ]
     best = sr.best_trial(trials, {t.number: t.state for t in trials}, {t.number: t.value for t in trials},
                          "minimize")  # fmt: skip
     assert best is not None and best.number == 1
-    no_attr = sr.TrialRecord(4, sr.T_RUNNING, intermediate={0: 0.5, 1: 0.4, 2: 0.45})
-    job = sr.TrialJob("s-t4", 4, "study-uid", phase="Succeeded", result="completed")
+    no_attr = tr.TrialRecord(4, tr.T_RUNNING, intermediate={0: 0.5, 1: 0.4, 2: 0.45})
+    job = tr.TrialJob("s-t4", 4, "study-uid", phase="Succeeded", result="completed")
     assert sr.decide_result(no_attr, job, "minimize") == sr.Tell(
-        4, sr.T_COMPLETE, 0.4, "trial 4 completed: 0.4"
+        4, tr.T_COMPLETE, 0.4, "trial 4 completed: 0.4"
     )
     assert sr.decide_result(no_attr, job, "maximize").value == 0.5
-    silent = sr.TrialRecord(5, sr.T_RUNNING)
-    assert sr.decide_result(silent, job, "maximize").state == sr.T_FAIL
-    pruned_by_job = sr.TrialRecord(6, sr.T_RUNNING)
-    assert sr.decide_result(pruned_by_job, replace(job, result="pruned"), "maximize").state == sr.T_PRUNED
+    silent = tr.TrialRecord(5, tr.T_RUNNING)
+    assert sr.decide_result(silent, job, "maximize").state == tr.T_FAIL
+    pruned_by_job = tr.TrialRecord(6, tr.T_RUNNING)
+    assert sr.decide_result(pruned_by_job, replace(job, result="pruned"), "maximize").state == tr.T_PRUNED
     assert w.spec.objective.direction == "minimize"
 
 
@@ -444,11 +430,11 @@ def test_summarize_trial_job():
         },
         "status": {"phase": "Succeeded", "result": "pruned", "mlflowRunId": "r3", "message": "ok"},
     }  # fmt: skip
-    job = sr.summarize_trial_job(body)
-    assert job == sr.TrialJob(
+    job = tr.summarize_trial_job(body)
+    assert job == tr.TrialJob(
         "s-t3", 3, "study-uid", "j3", "Succeeded", "pruned", "ok", "r3", False, "2026-01-01T00:00:00.000001"
     )
     assert not job.active
-    fresh = sr.summarize_trial_job({"metadata": {"name": "s-t4", "labels": {"dmlt.io/trial": "x"}}})
+    fresh = tr.summarize_trial_job({"metadata": {"name": "s-t4", "labels": {"dmlt.io/trial": "x"}}})
     assert fresh.number is None and fresh.active and fresh.owner_uid is None
-    assert sr.summarize_trial_job({"metadata": {}}) is None
+    assert tr.summarize_trial_job({"metadata": {}}) is None

@@ -6,14 +6,14 @@ import json
 from typing import Any
 
 import pytest
-from dmlt_operator import resources
-from dmlt_operator.config import OperatorConfig
-from dmlt_operator.spec import parse_spec
-from dmlt_operator.study_resources import (
+from dmlt_contract import STORAGE_ENV
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.trainingjob import build as resources
+from dmlt_operator.trainingjob.spec import parse_spec
+from dmlt_operator.tuningstudy.build import (
     ANNOTATION_PARAMS,
     LABEL_STUDY,
     LABEL_TRIAL,
-    STORAGE_ENV,
     StudyRef,
     build_trial_job,
     check_trial_job,
@@ -22,7 +22,7 @@ from dmlt_operator.study_resources import (
     tracking_uri,
     trial_job_name,
 )
-from dmlt_operator.study_spec import SecretKeyRef, StudySpecError, parse_study_spec
+from dmlt_operator.tuningstudy.spec import SecretKeyRef, StudySpecError, parse_study_spec
 
 pytestmark = pytest.mark.unit
 

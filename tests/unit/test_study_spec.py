@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from dmlt_operator.study_spec import (
+from dmlt_operator.tuningstudy.spec import (
     StudySpecError,
     check_study_name,
     parse_study_spec,

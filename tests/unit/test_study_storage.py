@@ -8,9 +8,9 @@ from typing import Any
 
 import optuna
 import pytest
-from dmlt_operator import study_reconcile as sr
-from dmlt_operator.study_spec import parse_study_spec
-from dmlt_operator.study_storage import (
+from dmlt_operator.tuningstudy import trials as tr
+from dmlt_operator.tuningstudy.spec import parse_study_spec
+from dmlt_operator.tuningstudy.store import (
     StudyConflict,
     StudyStore,
     ask_seed,
@@ -79,13 +79,13 @@ def test_ask_samples_the_search_space(store, url):
     for expected in range(6):
         trial = store.ask(h, s)
         number, params = trial.number, trial.params
-        assert number == expected and trial.state == sr.T_RUNNING and trial.started
+        assert number == expected and trial.state == tr.T_RUNNING and trial.started
         assert set(params) == {"lr", "dropout", "hiddenDims", "batchSize"}
         assert 1e-4 <= params["lr"] <= 1e-1 and 0.0 <= params["dropout"] <= 0.5
         assert params["hiddenDims"] in ("64-32", "128-64", "256-128")
         assert params["batchSize"] in range(64, 513, 64)
     listed = store.list_trials(h)
-    assert [t.state for t in listed] == [sr.T_RUNNING] * 6
+    assert [t.state for t in listed] == [tr.T_RUNNING] * 6
     assert listed[-1] == trial  # what ask returns is what the database holds
 
 
@@ -109,11 +109,11 @@ def test_the_seed_rule_is_restart_safe_and_never_repeats(tmp_path):
 def test_tell_is_exactly_once(store, url):
     h = store.open_study(url, "ns.s", "maximize", "u")
     n = store.ask(h, spec()).number
-    assert store.tell(h, n, sr.T_COMPLETE, 0.91) is True
-    assert store.tell(h, n, sr.T_COMPLETE, 0.99) is False
-    assert store.tell(h, n, sr.T_FAIL, None) is False
+    assert store.tell(h, n, tr.T_COMPLETE, 0.91) is True
+    assert store.tell(h, n, tr.T_COMPLETE, 0.99) is False
+    assert store.tell(h, n, tr.T_FAIL, None) is False
     (trial,) = store.list_trials(h)
-    assert (trial.state, trial.value) == (sr.T_COMPLETE, 0.91)
+    assert (trial.state, trial.value) == (tr.T_COMPLETE, 0.91)
 
 
 def test_pruned_failed_and_bad_values(store, url):
@@ -127,13 +127,13 @@ def test_pruned_failed_and_bad_values(store, url):
     for epoch, value in enumerate((0.6, 0.7)):
         trainer_trial.report(value, epoch)
     trainer_trial.set_user_attr("dmlt.outcome", "pruned")
-    assert store.tell(h, numbers[0], sr.T_PRUNED, None)
-    assert store.tell(h, numbers[1], sr.T_FAIL, None)
-    assert store.tell(h, numbers[2], sr.T_COMPLETE, math.nan)  # not a value: failed instead
+    assert store.tell(h, numbers[0], tr.T_PRUNED, None)
+    assert store.tell(h, numbers[1], tr.T_FAIL, None)
+    assert store.tell(h, numbers[2], tr.T_COMPLETE, math.nan)  # not a value: failed instead
     records = {t.number: t for t in store.list_trials(h)}
-    assert records[0].state == sr.T_PRUNED and records[0].value == 0.7  # Optuna keeps the last report
+    assert records[0].state == tr.T_PRUNED and records[0].value == 0.7  # Optuna keeps the last report
     assert records[0].intermediate == {0: 0.6, 1: 0.7} and records[0].outcome == "pruned"
-    assert records[1].state == sr.T_FAIL and records[2].state == sr.T_FAIL
+    assert records[1].state == tr.T_FAIL and records[2].state == tr.T_FAIL
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random", "cmaes"])
@@ -142,7 +142,7 @@ def test_every_sampler_asks_after_its_startup_trials(store, url, algorithm):
     h = store.open_study(url, "ns.s", "maximize", "u")
     for i in range(5):
         trial = store.ask(h, s)
-        assert store.tell(h, trial.number, sr.T_COMPLETE, 0.5 + trial.params["dropout"] / 10 + i / 100)
+        assert store.tell(h, trial.number, tr.T_COMPLETE, 0.5 + trial.params["dropout"] / 10 + i / 100)
     assert len(store.list_trials(h)) == 5
 
 
@@ -162,7 +162,7 @@ def test_the_grid_visits_every_point_once_across_restarts_and_failures(url):
         for i in range(2):
             trial = store.ask(h, grid)
             seen.append((round(trial.params["dropout"], 6), trial.params["batchSize"]))
-            store.tell(h, trial.number, sr.T_FAIL if (restart, i) == (0, 1) else sr.T_COMPLETE, 0.5)
+            store.tell(h, trial.number, tr.T_FAIL if (restart, i) == (0, 1) else tr.T_COMPLETE, 0.5)
         store.close()
     assert len(seen) == len(set(seen)) == grid.grid_size() == 6
 
@@ -202,7 +202,7 @@ def test_errors_never_show_the_password():
 
 
 def test_an_unreachable_database_raises_a_storage_error(tmp_path):
-    from dmlt_operator.study_storage import STORAGE_ERRORS
+    from dmlt_operator.tuningstudy.store import STORAGE_ERRORS
 
     store = StudyStore(connect_timeout_s=1)
     with pytest.raises(STORAGE_ERRORS):

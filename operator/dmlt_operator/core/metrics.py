@@ -1,90 +1,62 @@
-"""Prometheus metrics of the operator, served on their own port (config.metrics_port)."""
+"""Prometheus metrics of the operator, served on their own port (config.metrics_port).
+
+Each resource's handlers keep a `PhaseTracker` over their own gauge and phases."""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from dmlt_operator import study_reconcile
-from dmlt_operator.reconcile import PHASES
-
 REGISTRY = CollectorRegistry(auto_describe=True)
+_counter = functools.partial(Counter, registry=REGISTRY)
+_gauge = functools.partial(Gauge, registry=REGISTRY)
+_histogram = functools.partial(Histogram, registry=REGISTRY)
 
-JOBS = Gauge(
-    "dmlt_trainingjobs",
-    "TrainingJobs known to this operator, by phase.",
-    ["phase"],
-    registry=REGISTRY,
+JOBS = _gauge("dmlt_trainingjobs", "TrainingJobs known to this operator, by phase.", ["phase"])
+RECONCILE_ERRORS = _counter(
+    "dmlt_reconcile_errors_total", "Reconciles of a TrainingJob that raised an error."
 )
-RECONCILE_ERRORS = Counter(
-    "dmlt_reconcile_errors_total",
-    "Reconciles of a TrainingJob that raised an error.",
-    registry=REGISTRY,
-)
-RECONCILE_SECONDS = Histogram(
+RECONCILE_SECONDS = _histogram(
     "dmlt_reconcile_duration_seconds",
     "Wall time of one TrainingJob reconcile, API calls included.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    registry=REGISTRY,
 )
-GANG_RESTARTS = Counter(
-    "dmlt_gang_restarts_total",
-    "Gang restarts started (every rank recreated after one failed).",
-    registry=REGISTRY,
+GANG_RESTARTS = _counter(
+    "dmlt_gang_restarts_total", "Gang restarts started (every rank recreated after one failed)."
 )
-PODS_CREATED = Counter(
-    "dmlt_pods_created_total",
-    "Trainer Pods created.",
-    registry=REGISTRY,
-)
+PODS_CREATED = _counter("dmlt_pods_created_total", "Trainer Pods created.")
 
-STUDIES = Gauge(
-    "dmlt_tuningstudies",
-    "TuningStudies known to this operator, by phase.",
-    ["phase"],
-    registry=REGISTRY,
-)
-STUDY_RECONCILE_ERRORS = Counter(
+STUDIES = _gauge("dmlt_tuningstudies", "TuningStudies known to this operator, by phase.", ["phase"])
+STUDY_RECONCILE_ERRORS = _counter(
     "dmlt_study_reconcile_errors_total",
     "Reconciles of a TuningStudy that raised an error (storage and MLflow outages included).",
-    registry=REGISTRY,
 )
-STUDY_RECONCILE_SECONDS = Histogram(
+STUDY_RECONCILE_SECONDS = _histogram(
     "dmlt_study_reconcile_duration_seconds",
     "Wall time of one TuningStudy reconcile, database and API calls included.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-    registry=REGISTRY,
 )
-STUDY_STORAGE_ERRORS = Counter(
+STUDY_STORAGE_ERRORS = _counter(
     "dmlt_study_storage_errors_total",
     "Failed reconciles of a TuningStudy because its Optuna storage was unavailable.",
-    registry=REGISTRY,
 )
-TRIALS_ASKED = Counter(
-    "dmlt_study_trials_asked_total",
-    "Trials asked from Optuna (new configurations sampled).",
-    registry=REGISTRY,
+TRIALS_ASKED = _counter(
+    "dmlt_study_trials_asked_total", "Trials asked from Optuna (new configurations sampled)."
 )
-TRIAL_JOBS_CREATED = Counter(
-    "dmlt_study_trial_jobs_created_total",
-    "Trial TrainingJobs created.",
-    registry=REGISTRY,
-)
-TRIALS_TOLD = Counter(
-    "dmlt_study_trials_told_total",
-    "Trial results told to Optuna, by the state they finished in.",
-    ["state"],
-    registry=REGISTRY,
+TRIAL_JOBS_CREATED = _counter("dmlt_study_trial_jobs_created_total", "Trial TrainingJobs created.")
+TRIALS_TOLD = _counter(
+    "dmlt_study_trials_told_total", "Trial results told to Optuna, by the state they finished in.", ["state"]
 )
 for _state in ("COMPLETE", "PRUNED", "FAIL"):
     TRIALS_TOLD.labels(state=_state)  # exported from the start, at 0
 
 
 class PhaseTracker:
-    """Last seen phase of each object, folded into a gauge by phase (`dmlt_trainingjobs`)."""
+    """Last seen phase of each object, folded into a gauge by phase (e.g. `dmlt_trainingjobs`)."""
 
-    def __init__(self, gauge: Gauge = JOBS, phases: tuple[str, ...] = PHASES) -> None:
+    def __init__(self, gauge: Gauge, phases: tuple[str, ...]) -> None:
         self._lock = threading.Lock()
         self._gauge = gauge
         self._all = phases
@@ -114,10 +86,6 @@ class PhaseTracker:
     def _publish(self) -> None:
         for phase, count in self._count().items():
             self._gauge.labels(phase=phase).set(count)
-
-
-PHASE_TRACKER = PhaseTracker()
-STUDY_PHASE_TRACKER = PhaseTracker(STUDIES, study_reconcile.PHASES)
 
 
 def serve(port: int) -> None:

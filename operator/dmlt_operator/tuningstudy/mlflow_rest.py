@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 API = "api/2.0/mlflow"
 MAX_PARAM_LENGTH = 6000
@@ -42,6 +42,25 @@ def _quote(text: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+Metrics = Mapping[str, float]
+Params = Mapping[str, Any]
+Tags = Mapping[str, str]
+
+
+class MlflowTracking(Protocol):
+    """What the TuningStudy handlers ask of MLflow (MlflowRest does it; unit tests fake it)."""
+
+    def ensure_parent_run(
+        self, experiment: str, run_name: str, study: str, study_uid: str, params: Params | None = None
+    ) -> str: ...
+    def finish_run(
+        self, run_id: str, status: str, metrics: Metrics | None = None, tags: Tags | None = None
+    ) -> None: ...
+    def register_model(
+        self, name: str, source: str, run_id: str | None, tags: Tags, description: str = ""
+    ) -> str: ...
 
 
 class MlflowRest:

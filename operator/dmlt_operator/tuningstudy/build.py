@@ -2,7 +2,7 @@
 
 A trial job is the study's `trialTemplate` with the sampled values merged into its `trainer`
 block, the trainer flags that make the run trial N of the study appended to
-`trainer.extraArgs`, and the Optuna storage URL passed as `DMLT_OPTUNA_STORAGE` from a Secret
+`trainer.extraArgs`, and the Optuna storage URL passed as the contract's STORAGE_ENV from a Secret
 (never in the arguments, which anyone who can list Pods reads). Its name, `<study>-t<N>`, is
 deterministic, so a reconcile that runs twice creates nothing twice (409 AlreadyExists).
 """
@@ -13,14 +13,23 @@ import copy
 import json
 from typing import Any
 
-from dmlt_operator import API_VERSION, KIND
-from dmlt_operator.resources import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY, JobRef
-from dmlt_operator.spec import check_job_name, parse_spec
-from dmlt_operator.study_spec import (
+from dmlt_contract import STORAGE_ENV
+from dmlt_operator.core.objects import (
+    API_VERSION,
+    JOB_KIND,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    STUDY_KIND,
+    ObjectRef,
+    owner_reference,
+)
+from dmlt_operator.trainingjob.build import format_number
+from dmlt_operator.trainingjob.spec import check_job_name, parse_spec
+from dmlt_operator.tuningstudy.spec import (
     MAX_FAILED_TRIALS,
     MAX_TRIALS,
     PARAMETER_KINDS,
-    STUDY_KIND,
     SecretKeyRef,
     StudySpecError,
     TuningStudySpec,
@@ -32,24 +41,10 @@ LABEL_TRIAL = "dmlt.io/trial"
 ANNOTATION_PARAMS = "dmlt.io/trial-params"
 ANNOTATION_STARTED = "dmlt.io/trial-started"
 """When the trial was asked: tells this trial's job from one left by an earlier trial N."""
-STORAGE_ENV = "DMLT_OPTUNA_STORAGE"
-"""The trainer reads the Optuna storage URL from this variable when --storage is not given."""
 DEFAULT_EXPERIMENT = "dmlt"
 
-# Optuna study user attributes the operator keeps.
-ATTR_PARENT_RUN = "dmlt.parent_run_id"
-ATTR_UID = "dmlt.uid"
-"""metadata.uid of the TuningStudy the Optuna study belongs to."""
 
-# Trial user attributes the trainer sets at the end of a trial (see the contract).
-ATTR_OUTCOME = "dmlt.outcome"
-ATTR_VALUE = "dmlt.value"
-ATTR_EPOCHS = "dmlt.epochs_run"
-ATTR_RUN_ID = "dmlt.mlflow_run_id"
-ATTR_MODEL_URI = "dmlt.model_uri"
-
-
-class StudyRef(JobRef):
+class StudyRef(ObjectRef):
     """The identity of a TuningStudy object: enough to name and own its trial jobs (the same
     metadata fields as a TrainingJob's)."""
 
@@ -78,18 +73,6 @@ def trial_labels(study: str, number: int) -> dict[str, str]:
     return {**study_labels(study), LABEL_COMPONENT: "trial", LABEL_TRIAL: str(number)}
 
 
-def study_owner_reference(ref: StudyRef) -> dict[str, Any]:
-    """Controller reference: trial jobs are garbage-collected with their study."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": STUDY_KIND,
-        "name": ref.name,
-        "uid": ref.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def tracking_uri(spec: TuningStudySpec, default: str = "") -> str:
     """The MLflow server of the study: its own, else its template's, else the operator's."""
     template = spec.trial_template.get("mlflow") or {}
@@ -104,10 +87,6 @@ def experiment_name(spec: TuningStudySpec) -> str:
 
 def registered_model_name(spec: TuningStudySpec, ref: StudyRef) -> str:
     return spec.mlflow.registered_model or ref.name
-
-
-def _number(value: float | int) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def trial_flags(spec: TuningStudySpec, ref: StudyRef, number: int, parent_run_id: str | None) -> list[str]:
@@ -182,13 +161,13 @@ def build_trial_job(
         annotations[ANNOTATION_STARTED] = started
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
+        "kind": JOB_KIND,
         "metadata": {
             "name": name,
             "namespace": ref.namespace,
             "labels": trial_labels(ref.name, number),
             "annotations": annotations,
-            "ownerReferences": [study_owner_reference(ref)],
+            "ownerReferences": [owner_reference(ref, STUDY_KIND)],
         },
         "spec": job_spec,
     }
@@ -196,7 +175,7 @@ def build_trial_job(
 
 def format_params(params: dict[str, Any]) -> str:
     """`lr=0.0012, hiddenDims=256-128` for events and messages."""
-    return ", ".join(f"{k}={_number(v) if isinstance(v, float) else v}" for k, v in sorted(params.items()))
+    return ", ".join(f"{k}={format_number(v)}" for k, v in sorted(params.items()))
 
 
 def representative_params(spec: TuningStudySpec) -> dict[str, Any]:

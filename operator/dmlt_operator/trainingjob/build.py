@@ -8,20 +8,24 @@ headless Service; rank 0's name is every rank's static rendezvous endpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from dmlt_operator import API_VERSION, KIND
-from dmlt_operator.config import OperatorConfig
-from dmlt_operator.spec import TrainingJobSpec
+from dmlt_contract import ATTEMPT_ENV, JOB_NAME_ENV, NODE_RANK_ENV
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.core.objects import (
+    JOB_KIND,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    ObjectRef,
+    owner_reference,
+)
+from dmlt_operator.trainingjob.spec import TrainingJobSpec
 
 LABEL_JOB = "dmlt.io/job-name"
 LABEL_RANK = "dmlt.io/rank"
 LABEL_ATTEMPT = "dmlt.io/attempt"
 """The gang's generation: bumped on every gang restart and on suspend."""
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "dmlt-operator"
-LABEL_COMPONENT = "app.kubernetes.io/component"
 
 TRAINER_CONTAINER = "trainer"
 CHECKPOINT_DIR = "/var/lib/dmlt/checkpoints"
@@ -29,24 +33,10 @@ DATA_CACHE_DIR = "/tmp/dmlt-cache"
 RUN_AS_UID = 10001
 
 
-@dataclass(frozen=True, slots=True)
-class JobRef:
+class JobRef(ObjectRef):
     """The identity of a TrainingJob object: enough to name and own its children."""
 
-    name: str
-    namespace: str
-    uid: str
-    generation: int = 1
-
-    @classmethod
-    def from_body(cls, body: Any) -> JobRef:
-        meta = body["metadata"]
-        return cls(
-            name=meta["name"],
-            namespace=meta.get("namespace") or "default",
-            uid=meta.get("uid") or "",
-            generation=int(meta.get("generation") or 1),
-        )
+    __slots__ = ()
 
 
 def service_name(job: str) -> str:
@@ -76,18 +66,6 @@ def rank_labels(job: str, rank: int, attempt: int) -> dict[str, str]:
     }
 
 
-def owner_reference(job: JobRef) -> dict[str, Any]:
-    """Controller reference: children are garbage-collected with the job."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": job.name,
-        "uid": job.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def build_service(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any]:
     """Headless Service that publishes every rank's DNS record, ready or not."""
     return {
@@ -97,7 +75,7 @@ def build_service(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any]:
             "name": service_name(job.name),
             "namespace": job.namespace,
             "labels": job_labels(job.name),
-            "ownerReferences": [owner_reference(job)],
+            "ownerReferences": [owner_reference(job, JOB_KIND)],
         },
         "spec": {
             "clusterIP": "None",
@@ -116,8 +94,9 @@ def build_service(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any]:
     }
 
 
-def _number(value: float) -> str:
-    return repr(float(value)) if not float(value).is_integer() else str(value)
+def format_number(value: Any) -> str:
+    """A flag or message value: real numbers in their shortest exact form, the rest as written."""
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def trainer_args(job: str, spec: TrainingJobSpec) -> list[str]:
@@ -128,10 +107,10 @@ def trainer_args(job: str, spec: TrainingJobSpec) -> list[str]:
         "--dataset", t.dataset,
         "--epochs", str(t.epochs),
         "--batch-size", str(t.batch_size),
-        "--lr", _number(t.lr),
+        "--lr", format_number(t.lr),
         "--hidden-dims", ",".join(str(d) for d in t.hidden_dims),
-        "--dropout", _number(t.dropout),
-        "--weight-decay", _number(t.weight_decay),
+        "--dropout", format_number(t.dropout),
+        "--weight-decay", format_number(t.weight_decay),
         "--seed", str(t.seed),
         "--early-stopping-patience", str(t.early_stopping_patience),
         "--checkpoint-dir", CHECKPOINT_DIR,
@@ -174,9 +153,9 @@ def _env(
     ours: list[dict[str, Any]] = [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "DMLT_JOB_NAME", "value": job.name},
-        {"name": "DMLT_NODE_RANK", "value": str(rank)},
-        {"name": "DMLT_ATTEMPT", "value": str(attempt)},
+        {"name": JOB_NAME_ENV, "value": job.name},
+        {"name": NODE_RANK_ENV, "value": str(rank)},
+        {"name": ATTEMPT_ENV, "value": str(attempt)},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     tracking_uri = spec.mlflow.tracking_uri or cfg.default_tracking_uri
@@ -283,7 +262,7 @@ def build_rank_pod(
             "namespace": job.namespace,
             "labels": rank_labels(job.name, rank, attempt),
             "annotations": {"dmlt.io/world-size": str(spec.world_size)},
-            "ownerReferences": [owner_reference(job)],
+            "ownerReferences": [owner_reference(job, JOB_KIND)],
         },
         "spec": pod_spec,
     }

@@ -8,33 +8,23 @@ and can say exactly which field is wrong. tests/unit/test_crd_schema.py keeps th
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 MAX_JOB_NAME = 50
 """`<job>-<rank>` must be a DNS label (63 chars) and `<job>` a Service name (DNS-1035)."""
-JOB_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 GPU_RESOURCE = "nvidia.com/gpu"
 BACKENDS = ("auto", "gloo", "nccl")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
-class SpecError(ValueError):
-    """The TrainingJob spec is invalid; the message names every offending field."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
 Quantity = int | float | str
 
 
-class ResourcesSpec(_Model):
+class ResourcesSpec(SpecModel):
     """Container resources, as in a Pod (quantities are strings or numbers)."""
 
     requests: dict[str, Quantity] = Field(default_factory=dict)
@@ -51,7 +41,7 @@ class ResourcesSpec(_Model):
 Width = Annotated[int, Field(ge=1, le=65536)]
 
 
-class TrainerSpec(_Model):
+class TrainerSpec(SpecModel):
     """The trainer's own settings; each becomes a dmlt-train flag."""
 
     dataset: str = "synthetic"
@@ -69,7 +59,7 @@ class TrainerSpec(_Model):
     extra_args: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
 
 
-class EnvVar(_Model):
+class EnvVar(SpecModel):
     """One container environment variable (value or valueFrom, as in a Pod)."""
 
     name: Annotated[str, Field(min_length=1, max_length=253)]
@@ -77,15 +67,15 @@ class EnvVar(_Model):
     value_from: dict[str, Any] | None = None
 
 
-class ClaimRef(_Model):
+class ClaimRef(SpecModel):
     claim_name: Annotated[str, Field(min_length=1, max_length=253)]
 
 
-class EmptyDirSpec(_Model):
+class EmptyDirSpec(SpecModel):
     size_limit: Quantity | None = None
 
 
-class CheckpointSpec(_Model):
+class CheckpointSpec(SpecModel):
     """Where rank 0 keeps checkpoints: an existing PVC (survives restarts) or an emptyDir."""
 
     persistent_volume_claim: ClaimRef | None = None
@@ -98,17 +88,17 @@ class CheckpointSpec(_Model):
         return self
 
 
-class MlflowSpec(_Model):
+class MlflowSpec(SpecModel):
     tracking_uri: Annotated[str, Field(max_length=2048)] = ""
     experiment: Annotated[str, Field(min_length=1, max_length=253)] = "dmlt"
 
 
-class RendezvousSpec(_Model):
+class RendezvousSpec(SpecModel):
     port: Annotated[int, Field(ge=1024, le=65535)] = 29500
     timeout_seconds: Annotated[int, Field(ge=30, le=86400)] = 900
 
 
-class RunPolicy(_Model):
+class RunPolicy(SpecModel):
     backoff_limit: Annotated[int, Field(ge=0, le=1000)] = 3
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
@@ -116,7 +106,7 @@ class RunPolicy(_Model):
     suspend: bool = False
 
 
-class TrainingJobSpec(_Model):
+class TrainingJobSpec(SpecModel):
     """spec of a TrainingJob."""
 
     image: Annotated[str, Field(min_length=1, max_length=1024)]
@@ -138,10 +128,8 @@ class TrainingJobSpec(_Model):
     @field_validator("env")
     @classmethod
     def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
-        names = [e.name for e in env]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate env names: {', '.join(dupes)}")
+        if dupes := repeated([e.name for e in env]):
+            raise ValueError(f"duplicate env names: {dupes}")
         return env
 
     @model_validator(mode="after")
@@ -162,32 +150,15 @@ class TrainingJobSpec(_Model):
         return self.replicas * self.procs_per_node
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = ["spec"]
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1] += f"[{item}]"
-        else:
-            parts.append(to_camel(str(item)) if "_" in str(item) else str(item))
-    return ".".join(parts)
-
-
 def parse_spec(raw: dict[str, Any] | None) -> TrainingJobSpec:
     """Validate a TrainingJob's spec; raise SpecError naming each bad field."""
     try:
         return TrainingJobSpec.model_validate(raw or {})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if p not in ("function-after",))
-            problems.append(f"{_field_path(loc)}: {err['msg']}")
+        problems = [f"{field_path(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()]
         raise SpecError("; ".join(problems)) from None
 
 
 def check_job_name(name: str) -> None:
     """The job name becomes a Service name and part of each Pod's hostname."""
-    if len(name) > MAX_JOB_NAME or not JOB_NAME_RE.match(name):
-        raise SpecError(
-            f"metadata.name {name!r}: must be at most {MAX_JOB_NAME} characters of lower-case "
-            "letters, digits and '-', starting with a letter (it names a Service and Pod hostnames)"
-        )
+    check_name(name, MAX_JOB_NAME, "it names a Service and Pod hostnames")

@@ -23,18 +23,23 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import dmlt_contract as contract
 import optuna
 import sqlalchemy.exc
+from dmlt_operator.tuningstudy.spec import TuningStudySpec
+from dmlt_operator.tuningstudy.trials import T_COMPLETE, T_FAIL, T_PRUNED, TrialRecord
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from dmlt_operator.study_reconcile import T_COMPLETE, T_FAIL, T_PRUNED, TrialRecord
-from dmlt_operator.study_resources import ATTR_UID
-from dmlt_operator.study_spec import TuningStudySpec
-
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Optuna study user attributes the operator keeps.
+ATTR_PARENT_RUN = "dmlt.parent_run_id"
+"""The study's MLflow parent run."""
+ATTR_UID = "dmlt.uid"
+"""metadata.uid of the TuningStudy the Optuna study belongs to."""
 
 
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -135,22 +140,10 @@ def max_epochs(spec: TuningStudySpec) -> int:
 
 
 def build_pruner(spec: TuningStudySpec) -> optuna.pruners.BasePruner:
-    """The pruner the trainers use; the operator's study needs it for Hyperband's brackets
-    (which TPE samples within), so it is built the same way: max_resource from the epochs."""
-    p = spec.pruner
-    if p.name == "none":
-        return optuna.pruners.NopPruner()
-    if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=p.min_resource,
-            max_resource=max(max_epochs(spec), p.min_resource),
-            reduction_factor=p.reduction_factor,
-        )
-    if p.name == "percentile":
-        return optuna.pruners.PercentilePruner(
-            p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps
-        )
-    return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps)
+    """The pruner the trainers use (the contract builds both); the operator's study needs it
+    for Hyperband's brackets, which TPE samples within."""
+    settings = contract.PrunerSettings(**spec.pruner.model_dump())
+    return contract.build_pruner(settings, max_epochs(spec))
 
 
 def ask_seed(spec: TuningStudySpec, trials_so_far: int) -> int:

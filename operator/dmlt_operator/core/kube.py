@@ -10,13 +10,13 @@ import base64
 import binascii
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from dmlt_operator import GROUP, PLURAL, VERSION
+from dmlt_operator.core.objects import GROUP, JOB_PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,33 @@ def load_config() -> None:
         config.load_kube_config()
 
 
+class EventSink(Protocol):
+    def post_event(self, body: Any, type_: str, reason: str, message: str) -> None: ...
+
+
+class TrainingJobKube(EventSink, Protocol):
+    """The calls the TrainingJob handlers make (Kube makes them; unit tests fake them)."""
+
+    def create_pod(self, pod: dict[str, Any]) -> bool: ...
+    def create_service(self, service: dict[str, Any]) -> bool: ...
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool: ...
+    def read_pod_log(
+        self, namespace: str, name: str, container: str, tail_lines: int, limit_bytes: int
+    ) -> str | None: ...
+    def delete_trainingjob(self, namespace: str, name: str) -> bool: ...
+
+
+class TuningStudyKube(EventSink, Protocol):
+    """The calls the TuningStudy handlers make (Kube makes them; unit tests fake them)."""
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None: ...
+    def create_trainingjob(self, job: dict[str, Any]) -> bool: ...
+    def list_trainingjobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+    def delete_trainingjob(self, namespace: str, name: str) -> bool: ...
+
+
 class Kube:
-    """Thin, idempotent wrappers over the calls the operator makes."""
+    """Thin, idempotent wrappers over the calls the operator makes (every Protocol above)."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.core = client.CoreV1Api(api_client)
@@ -106,7 +131,7 @@ class Kube:
         meta = job["metadata"]
         try:
             self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, job, _request_timeout=REQUEST_TIMEOUT
+                GROUP, VERSION, meta["namespace"], JOB_PLURAL, job, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -117,7 +142,12 @@ class Kube:
     def list_trainingjobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """The TrainingJobs of a namespace that match the selector (a fresh read, not a cache)."""
         listed = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
+            GROUP,
+            VERSION,
+            namespace,
+            JOB_PLURAL,
+            label_selector=label_selector,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         return list(listed.get("items") or [])
 
@@ -145,7 +175,7 @@ class Kube:
                 GROUP,
                 VERSION,
                 namespace,
-                PLURAL,
+                JOB_PLURAL,
                 name,
                 propagation_policy="Background",
                 _request_timeout=REQUEST_TIMEOUT,
@@ -158,7 +188,7 @@ class Kube:
 
     @staticmethod
     def post_event(body: Any, type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the TrainingJob (posted by kopf in the background)."""
+        """A Kubernetes Event on the object (posted by kopf in the background)."""
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
     # ---- helpers

@@ -1,28 +1,26 @@
 """Typed TuningStudy spec: parsed once from the custom resource, then passed around.
 
-As for TrainingJobs (spec.py), the CRD's schema (helm/dmlt/crds/tuningstudies.dmlt.io.yaml) is
+As for TrainingJobs (trainingjob/spec.py), the CRD's schema (helm/dmlt/crds/tuningstudies.dmlt.io.yaml) is
 what users meet first: it applies defaults and its CEL rules reject a bad search space at
 admission. These models repeat the defaults and rules, and add the few checks CEL cannot make
 (every sampled value must be a valid trainer setting), so the operator never trusts an object
 blindly. tests/unit/test_study_crd.py keeps the two in step.
 
-Nothing here imports Optuna: the search space is described in plain values, and
-study_storage.py turns it into Optuna distributions.
+Nothing here imports Optuna: the search space is described in plain values, and store.py
+turns it into Optuna distributions. Metric, sampler, pruner and direction names are the
+contract's (dmlt_contract), which the trainer shares.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
-
-from dmlt_operator.spec import JOB_NAME_RE, SpecError, TrainerSpec, TrainingJobSpec, parse_spec
-
-STUDY_PLURAL = "tuningstudies"
-STUDY_KIND = "TuningStudy"
+from dmlt_contract import EPOCH_METRICS, Direction, PrunerName, StudyAlgorithmName
+from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
+from dmlt_operator.trainingjob.spec import TrainerSpec, TrainingJobSpec, parse_spec
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 MAX_TRIALS = 10_000
 MAX_FAILED_TRIALS = 10_000
@@ -31,14 +29,6 @@ MAX_STUDY_NAME = 40
 """Trial jobs are named `<study>-t<N>`; N stays below MAX_TRIALS + MAX_FAILED_TRIALS (5 digits),
 and a TrainingJob name may have 50 characters."""
 MAX_GRID = 100_000
-# What the trainer logs on every evaluated epoch (dmlt_trainer.config.EPOCH_METRICS, which the
-# operator does not import): an objective must be one of them. A unit test keeps them equal.
-OBJECTIVE_METRICS = (
-    "val_auc", "val_pr_auc", "val_f1", "val_accuracy", "val_precision", "val_recall",
-    "val_specificity", "val_mcc", "val_brier", "val_loss", "best_val_auc", "train_loss",
-    "train_accuracy", "generalization_gap", "grad_norm", "lr", "epoch_time_s", "eval_time_s",
-    "samples_per_sec",
-)  # fmt: skip
 DIMS_RE = re.compile(r"^[0-9]+(-[0-9]+)*$")
 
 # Tunable trainer settings: parameter name (the TrainingJob's trainer field) → value kind.
@@ -50,23 +40,13 @@ PARAMETER_KINDS: dict[str, str] = {
     "epochs": "int",
     "hiddenDims": "dims",
 }
-AlgorithmName = Literal["tpe", "random", "grid", "cmaes"]
-PrunerName = Literal["median", "percentile", "hyperband", "none"]
-Direction = Literal["maximize", "minimize"]
-ALGORITHMS = get_args(AlgorithmName)
-PRUNERS = get_args(PrunerName)
-DIRECTIONS = get_args(Direction)
 
 
 class StudySpecError(SpecError):
     """The TuningStudy spec is invalid; the message names every offending field."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-class ObjectiveSpec(_Model):
+class ObjectiveSpec(SpecModel):
     """What the study optimizes: a per-epoch metric the trainer logs, and which way."""
 
     metric: str = "val_auc"
@@ -75,10 +55,40 @@ class ObjectiveSpec(_Model):
     @field_validator("metric")
     @classmethod
     def _logged_by_the_trainer(cls, value: str) -> str:
-        if value not in OBJECTIVE_METRICS:
-            metrics = ", ".join(OBJECTIVE_METRICS)
+        if value not in EPOCH_METRICS:
+            metrics = ", ".join(EPOCH_METRICS)
             raise ValueError(f"{value!r} is not a metric the trainer logs per epoch; one of: {metrics}")
         return value
+
+
+def _float_value(name: str, raw: Any) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: {raw!r} is not a finite number")
+    return value
+
+
+def _int_value(name: str, raw: Any) -> int:
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError(f"{name}: {raw!r} is not an integer")
+        return int(raw)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {raw!r} is not an integer") from None
+
+
+def _dims_value(name: str, raw: Any) -> list[int]:
+    if isinstance(raw, int):
+        return [raw]
+    text = str(raw).strip()
+    if not DIMS_RE.match(text):
+        raise ValueError(f"{name}: {raw!r} is not hidden dims written like '512-256-128'")
+    return [int(part) for part in text.split("-")]
 
 
 def trainer_value(name: str, raw: Any) -> Any:
@@ -87,32 +97,10 @@ def trainer_value(name: str, raw: Any) -> Any:
     Categorical choices come as integers or strings (the CRD allows only those): "0.1" is a
     float for lr, dropout and weightDecay, and hidden dims are written "512-256-128".
     """
-    kind = PARAMETER_KINDS[name]
     if isinstance(raw, bool):
         raise ValueError(f"{name}: {raw!r} is not a number")
-    if kind == "float":
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: {raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: {raw!r} is not a finite number")
-        return value
-    if kind == "int":
-        if isinstance(raw, float):
-            if not raw.is_integer():
-                raise ValueError(f"{name}: {raw!r} is not an integer")
-            return int(raw)
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: {raw!r} is not an integer") from None
-    if isinstance(raw, int):
-        return [raw]
-    text = str(raw).strip()
-    if not DIMS_RE.match(text):
-        raise ValueError(f"{name}: {raw!r} is not hidden dims written like '512-256-128'")
-    return [int(part) for part in text.split("-")]
+    convert = {"float": _float_value, "int": _int_value, "dims": _dims_value}[PARAMETER_KINDS[name]]
+    return convert(name, raw)
 
 
 def _check_trainer_value(name: str, raw: Any) -> None:
@@ -125,7 +113,7 @@ def _check_trainer_value(name: str, raw: Any) -> None:
         raise ValueError(f"{name}={raw!r} is not a valid trainer setting ({reasons})") from None
 
 
-class ParameterSpec(_Model):
+class ParameterSpec(SpecModel):
     """One dimension of the search space: a trainer setting and the values it may take."""
 
     name: Literal["lr", "dropout", "weightDecay", "batchSize", "epochs", "hiddenDims"]
@@ -151,17 +139,26 @@ class ParameterSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> ParameterSpec:
-        kind = PARAMETER_KINDS[self.name]
         if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("categorical parameters need choices")
-            if self.min is not None or self.max is not None or self.step is not None or self.log:
-                raise ValueError("categorical parameters take choices only, not min, max, step or log")
-            if len(set(map(repr, self.choices))) != len(self.choices):
-                raise ValueError("choices must be unique")
-            for choice in self.choices:
-                _check_trainer_value(self.name, choice)
-            return self
+            self._check_choices()
+        else:
+            self._check_kind()
+            self._check_range()
+        return self
+
+    def _check_choices(self) -> None:
+        if not self.choices:
+            raise ValueError("categorical parameters need choices")
+        if self.min is not None or self.max is not None or self.step is not None or self.log:
+            raise ValueError("categorical parameters take choices only, not min, max, step or log")
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError("choices must be unique")
+        for choice in self.choices:
+            _check_trainer_value(self.name, choice)
+
+    def _check_kind(self) -> None:
+        """A float or int parameter: the setting must take values of that type."""
+        kind = PARAMETER_KINDS[self.name]
         if self.choices is not None:
             raise ValueError("choices are for categorical parameters only")
         if kind == "dims":
@@ -170,6 +167,8 @@ class ParameterSpec(_Model):
             raise ValueError(f"{self.name} is an integer: use type int or categorical")
         if kind == "float" and self.type == "int":
             raise ValueError(f"{self.name} is a real number: use type float or categorical")
+
+    def _check_range(self) -> None:
         if self.min is None or self.max is None:
             raise ValueError("float and int parameters need min and max")
         if not self.min < self.max:
@@ -187,7 +186,6 @@ class ParameterSpec(_Model):
             raise ValueError("step must not exceed max - min")
         _check_trainer_value(self.name, self.min)
         _check_trainer_value(self.name, self.max)
-        return self
 
     def grid_values(self) -> list[Any]:
         """Every value an exhaustive grid visits (float parameters need a step)."""
@@ -213,16 +211,16 @@ class ParameterSpec(_Model):
         return int(math.floor((self.max - self.min) / self.step + 1e-9)) + 1
 
 
-class AlgorithmSpec(_Model):
+class AlgorithmSpec(SpecModel):
     """How the next configuration is chosen."""
 
-    name: AlgorithmName = "tpe"
+    name: StudyAlgorithmName = "tpe"
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] | None = None
     """Random trials before TPE / CMA-ES start modelling (None: Optuna's default)."""
 
 
-class PrunerSpec(_Model):
+class PrunerSpec(SpecModel):
     """How trials that fall behind are stopped early (the trainer asks after each epoch)."""
 
     name: PrunerName = "median"
@@ -233,14 +231,14 @@ class PrunerSpec(_Model):
     reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3
 
 
-class SecretKeyRef(_Model):
+class SecretKeyRef(SpecModel):
     """A key of a Secret in the study's namespace."""
 
     name: Annotated[str, Field(min_length=1, max_length=253)]
     key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "url"
 
 
-class StorageSpec(_Model):
+class StorageSpec(SpecModel):
     """Where the Optuna study lives."""
 
     secret_ref: SecretKeyRef | None = None
@@ -249,7 +247,7 @@ class StorageSpec(_Model):
     """Keep the Optuna study in the database when the TuningStudy is deleted."""
 
 
-class StudyMlflowSpec(_Model):
+class StudyMlflowSpec(SpecModel):
     """MLflow tracking of the study: a parent run, one child run per trial, the best model."""
 
     tracking_uri: Annotated[str, Field(max_length=2048)] = ""
@@ -257,7 +255,7 @@ class StudyMlflowSpec(_Model):
     registered_model: Annotated[str, Field(max_length=253)] = ""
 
 
-class TuningStudySpec(_Model):
+class TuningStudySpec(SpecModel):
     """spec of a TuningStudy."""
 
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
@@ -274,10 +272,8 @@ class TuningStudySpec(_Model):
     @field_validator("parameters")
     @classmethod
     def _unique_names(cls, parameters: list[ParameterSpec]) -> list[ParameterSpec]:
-        names = [p.name for p in parameters]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"parameter names must be unique; repeated: {', '.join(dupes)}")
+        if dupes := repeated([p.name for p in parameters]):
+            raise ValueError(f"parameter names must be unique; repeated: {dupes}")
         return parameters
 
     @field_validator("trial_template")
@@ -323,18 +319,6 @@ class TuningStudySpec(_Model):
         return self.max_trials
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = ["spec"]
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1] += f"[{item}]"
-        elif str(item).startswith("function-"):
-            continue
-        else:
-            parts.append(to_camel(str(item)) if "_" in str(item) else str(item))
-    return ".".join(parts)
-
-
 def parse_study_spec(raw: dict[str, Any] | None) -> TuningStudySpec:
     """Validate a TuningStudy's spec; raise StudySpecError naming each bad field."""
     try:
@@ -346,14 +330,10 @@ def parse_study_spec(raw: dict[str, Any] | None) -> TuningStudySpec:
             if tuple(err["loc"]) == ("trialTemplate",) and msg.startswith("spec.trialTemplate."):
                 problems.append(msg)  # already names the template's fields
             else:
-                problems.append(f"{_field_path(tuple(err['loc']))}: {msg}")
+                problems.append(f"{field_path(tuple(err['loc']))}: {msg}")
         raise StudySpecError("; ".join(dict.fromkeys(problems))) from None
 
 
 def check_study_name(name: str) -> None:
     """Trial jobs are named `<study>-t<N>` and must themselves be valid job names."""
-    if len(name) > MAX_STUDY_NAME or not JOB_NAME_RE.match(name):
-        raise StudySpecError(
-            f"metadata.name {name!r}: must be at most {MAX_STUDY_NAME} characters of lower-case "
-            "letters, digits and '-', starting with a letter (it prefixes the trial job names)"
-        )
+    check_name(name, MAX_STUDY_NAME, "it prefixes the trial job names", StudySpecError)

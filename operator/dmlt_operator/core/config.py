@@ -5,32 +5,30 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+
+def _number(env: Mapping[str, str], key: str, default: float, minimum: float, kind: type = float) -> Any:
+    """The variable as a `kind` (int or float) of at least `minimum`; `default` when unset."""
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise ValueError(f"{key} must be {noun}; got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}; got {value}")
+    return value
 
 
 def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{key} must be an integer; got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}; got {value}")
-    return value
+    return _number(env, key, default, minimum, int)
 
 
 def _float(env: Mapping[str, str], key: str, default: float, minimum: float) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{key} must be a number; got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}; got {value}")
-    return value
+    return _number(env, key, default, minimum, float)
 
 
 def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:

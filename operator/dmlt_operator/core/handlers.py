@@ -1,0 +1,159 @@
+"""Scaffolding the kopf handlers of both resources share: operator-wide kopf settings, the
+clients kept in kopf.Memo, spec checks on create/resume, the timed reconcile wrapper, creating
+children whose refusals are reported rather than raised, and recording a permanent failure."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from prometheus_client import Counter, Histogram
+
+from dmlt_operator.core import metrics
+from dmlt_operator.core.conditions import COND_FAILED, FAILED, MAX_MESSAGE, format_time, set_condition
+from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.core.kube import ApiError, EventSink, Kube, describe_error, load_config
+from dmlt_operator.core.objects import GROUP, ObjectRef
+from dmlt_operator.core.spec import SpecError
+
+FINALIZER = "dmlt.io/finalizer"
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """Operator-wide kopf settings (one operator process serves both resources)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Only our explicit events become Kubernetes Events, not every log line.
+    settings.posting.level = logging.INFO
+    # Re-establish watches regularly: a silently dead watch would stall the index.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    # An object deleted while its timer runs (always the case for TTL deletion, which the timer
+    # itself requests) keeps its finalizer until kopf sees the timer exit: poll every 2 s,
+    # not kopf's default minute.
+    settings.background.cancellation_polling = 2
+
+
+def start_memo(memo: kopf.Memo) -> OperatorConfig:
+    """What every handler finds in kopf.Memo: the settings (main read them once and put them
+    there), the API client, metrics served. Entries already there (tests put fakes in) are kept."""
+    if "config" not in memo:
+        raise RuntimeError("no operator settings in kopf.Memo: start the operator with dmlt-operator")
+    if "kube" not in memo:
+        load_config()
+        memo.kube = Kube()
+    if not memo.get("metrics_served"):
+        metrics.serve(memo.config.metrics_port)
+        memo.metrics_served = True
+    return memo.config
+
+
+def accept_spec(kind: str, name: str, check: Callable[[], object], logger: Any) -> None:
+    """on.create/on.resume: reject a bad spec loudly in the operator's log (the timer records
+    it in status)."""
+    try:
+        check()
+    except SpecError as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    logger.info("%s %s accepted; the reconcile timer takes it from here", kind, name)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileMetrics:
+    errors: Counter
+    seconds: Histogram
+
+
+def reconcile_timed(
+    tick: Callable[[], None],
+    observed: ReconcileMetrics,
+    delay: float,
+    outage: tuple[type[Exception], Counter] | None = None,
+) -> None:
+    """Run one reconcile tick, timed; any error becomes a kopf retry after `delay`. An `outage`
+    (an expected, reported unavailability) is also counted under its own metric."""
+    started = time.monotonic()
+    try:
+        tick()
+    except Exception as exc:
+        observed.errors.inc()
+        if outage is not None and isinstance(exc, outage[0]):
+            outage[1].inc()
+            raise kopf.TemporaryError(str(exc), delay=delay) from None
+        raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=delay) from exc
+    finally:
+        observed.seconds.observe(time.monotonic() - started)
+
+
+@dataclass(slots=True)
+class Creations:
+    """Children created this tick, and those the apiserver refused (admission, quota, RBAC):
+    refusals are reported in status and events and retried next tick; 5xx errors raise."""
+
+    created: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    def create(self, create: Callable[[dict[str, Any]], bool], obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        try:
+            if create(obj):
+                self.created.append(name)
+        except ApiError as exc:
+            if exc.status is not None and exc.status >= 500:
+                raise
+            self.refused.append(f"{name}: {describe_error(exc)}")
+
+    def report_refused(
+        self,
+        kube: EventSink,
+        body: Any,
+        old: Mapping[str, Any],
+        status: dict[str, Any],
+        what: str,
+        reason: str,
+    ) -> bool:
+        """Put the refusals in `status.message` (and an Event when that message is new)."""
+        if not self.refused:
+            return False
+        message = f"Cannot create {what}: " + "; ".join(self.refused)
+        if old.get("message") != message:
+            kube.post_event(body, "Warning", reason, message)
+        status["message"] = message[:MAX_MESSAGE]
+        return True
+
+
+def record_failure(
+    kube: EventSink,
+    body: Any,
+    ref: ObjectRef,
+    old: Mapping[str, Any],
+    reason: str,
+    message: str,
+    now: Any,
+    patch: kopf.Patch,
+    more_conditions: tuple[tuple[str, bool, str, str], ...] = (),
+) -> bool:
+    """Fail the object for a reason no retry fixes (e.g. an invalid spec), once; False when it
+    had already failed. `more_conditions`: (type, status, reason, message) to set as well."""
+    if old.get("phase") == FAILED:
+        return False
+    conditions = set_condition(
+        old.get("conditions") or [], COND_FAILED, True, reason, message, now, ref.generation
+    )
+    for type_, value, why, text in more_conditions:
+        conditions = set_condition(conditions, type_, value, why, text, now, ref.generation)
+    patch.status["phase"] = FAILED
+    patch.status["message"] = message[:MAX_MESSAGE]
+    patch.status["conditions"] = conditions
+    patch.status["completionTime"] = format_time(now)
+    patch.status["observedGeneration"] = ref.generation
+    kube.post_event(body, "Warning", reason, message)
+    return True

@@ -1,0 +1,411 @@
+"""The reconciler's decisions, as a pure function of what is observed.
+
+`plan()` takes a TrainingJob's spec, its last status, the Pods the kopf index holds for it, the
+trainer reports read from logs, and the time; it returns the status the job should have and
+the few actions that get there (create these ranks, delete these Pods, delete the job). It is
+level-triggered: it never asks what happened, only what is, so running it twice, late, or after
+an operator restart gives the same answer.
+
+The gang: every Pod of a job carries the job's `attempt` label. A rank failing (its Pod Failed,
+or deleted while the job runs) bumps `attempt` (and `restarts`), which makes every current Pod
+"old"; old Pods are deleted, and only when all are gone is the new attempt created under the
+same names, from rank 0's checkpoint. Suspend bumps `attempt` too (without counting a restart),
+so resuming is the same path. Ranks are never replaced one at a time.
+
+The decision is four named steps, tried in order until one finishes the plan: a finished job
+(`plan_finished`), a suspended one (`plan_suspended`), failures and the gang restart
+(`plan_failures`), and otherwise the gang's progress with its waiting message (`plan_progress`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from dmlt_operator.core.conditions import (
+    COND_CREATED,
+    COND_FAILED,
+    COND_RUNNING,
+    COND_SUCCEEDED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    ManagedStatus,
+    format_time,
+    parse_time,
+)
+from dmlt_operator.core.plan import Event, StatusBuilder
+from dmlt_operator.trainingjob import pods as pd
+from dmlt_operator.trainingjob.build import JobRef, pod_name
+from dmlt_operator.trainingjob.progress import TrainerReport, progress_of
+from dmlt_operator.trainingjob.spec import TrainingJobSpec
+
+RESTARTING = "Restarting"
+SUSPENDED = "Suspended"
+PHASES = (PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+
+COND_RESTARTING = "Restarting"
+COND_SUSPENDED = "Suspended"
+
+RESULT_REASONS = {"completed": "Completed", "early_stopped": "EarlyStopped", "pruned": "Pruned"}
+
+MANAGED_STATUS = ManagedStatus(
+    frozenset(
+        {
+            "phase",
+            "attempt",
+            "restarts",
+            "startTime",
+            "completionTime",
+            "observedGeneration",
+            "ready",
+            "ranks",
+            "progress",
+            "metrics",
+            "mlflowRunId",
+            "result",
+            "conditions",
+            "message",
+        }
+    )
+)
+MANAGED_STATUS_KEYS = MANAGED_STATUS.keys
+status_delta = MANAGED_STATUS.delta
+
+
+@dataclass(slots=True)
+class Plan:
+    status: dict[str, Any]
+    create_ranks: list[int] = field(default_factory=list)
+    ensure_service: bool = False
+    delete_pods: list[str] = field(default_factory=list)
+    delete_job: bool = False
+    events: list[Event] = field(default_factory=list)
+
+
+class JobBuilder(StatusBuilder[Plan]):
+    """The job's status builder: a new phase is announced by an Event of its own name."""
+
+    ref: JobRef
+
+    def finish(self, phase: str, message: str) -> Plan:
+        if phase != self.old_phase and phase not in (FAILED, SUCCEEDED, RESTARTING, SUSPENDED):
+            # Terminal, restart and suspend transitions post their own, more specific events.
+            self.event("Normal", phase, message)
+        return super().finish(phase, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What one tick sees of a job, derived once for every step."""
+
+    job: JobRef
+    spec: TrainingJobSpec
+    own: list[pd.PodSummary]
+    """The job's Pods (of any attempt)."""
+    foreign: set[str]
+    """Names of Pods that hold one of the job's Pod names but belong to another object."""
+    current: dict[int, pd.PodSummary]
+    """The current attempt's Pods by rank."""
+    old_ranks: dict[int, Mapping[str, Any]]
+    """status.ranks entries of the current attempt, by rank."""
+    reports: Mapping[str, TrainerReport]
+
+
+def logs_to_read(status: Mapping[str, Any] | None, pods: Sequence[pd.PodSummary], uid: str) -> list[str]:
+    """Pods whose log tail is worth reading now: rank 0 while it runs, and each rank once when
+    it has succeeded (its `finished` line: result and weight hash)."""
+    status = status or {}
+    if status.get("phase") in TERMINAL:
+        return []
+    attempt = int(status.get("attempt") or 0)
+    known = {
+        r.get("rank"): r
+        for r in status.get("ranks") or []
+        if isinstance(r, Mapping) and r.get("attempt") == attempt
+    }
+    names = []
+    for pod in pods:
+        if pod.owner_uid != uid or pod.attempt != attempt:
+            continue
+        if pod.rank == 0 and pod.state == pd.RUNNING:
+            names.append(pod.name)
+        elif pod.state == pd.SUCCEEDED and not (known.get(pod.rank) or {}).get("result"):
+            names.append(pod.name)
+    return sorted(names)
+
+
+def _pods_to_clean(pods: Sequence[pd.PodSummary], policy: str) -> list[str]:
+    if policy == "None":
+        return []
+    if policy == "All":
+        return sorted(p.name for p in pods if not p.deleting)
+    return sorted(p.name for p in pods if not p.deleting and p.state in (pd.PENDING, pd.RUNNING))
+
+
+def _rank_entries(
+    job: str,
+    spec: TrainingJobSpec,
+    attempt: int,
+    current: Mapping[int, pd.PodSummary],
+    old_ranks: Mapping[int, Mapping[str, Any]],
+    reports: Mapping[str, TrainerReport],
+) -> list[dict[str, Any]]:
+    entries = []
+    for rank in range(spec.replicas):
+        pod = current.get(rank)
+        prev = old_ranks.get(rank) or {}
+        name = pod_name(job, rank)
+        entry: dict[str, Any] = {"rank": rank, "pod": name, "attempt": attempt}
+        if pod is None:
+            # A rank that already succeeded stays Succeeded even if its Pod is cleaned up.
+            entry["state"] = pd.SUCCEEDED if prev.get("state") == pd.SUCCEEDED else pd.ABSENT
+        else:
+            entry["state"] = pod.state
+            entry["ready"] = pod.ready
+            if pod.node:
+                entry["node"] = pod.node
+            if pod.exit_code is not None:
+                entry["exitCode"] = pod.exit_code
+            if pod.reason:
+                entry["reason"] = pod.reason
+            if pod.message and pod.state in (pd.FAILED, pd.PENDING):
+                entry["message"] = pod.message
+        result = prev.get("result")
+        report = reports.get(entry["pod"]) if pod is not None else None
+        if report is not None and report.finished:
+            result = report.finished
+        if result:
+            entry["result"] = dict(result)
+        entries.append(entry)
+    return entries
+
+
+def _ranks_reset(b: JobBuilder, o: Observed, attempt: int) -> None:
+    """A new attempt starts with every rank absent."""
+    b.status["ranks"] = _rank_entries(o.job.name, o.spec, attempt, {}, {}, {})
+    b.status["ready"] = f"0/{o.spec.replicas}"
+
+
+def observe(
+    b: JobBuilder, spec: TrainingJobSpec, pods: Sequence[pd.PodSummary], reports: Mapping[str, TrainerReport]
+) -> Observed:
+    """What is known for sure (attempt, ranks, progress) goes into the builder's status; the
+    rest is returned for the steps to decide on."""
+    job, old, s = b.ref, b.old, b.status
+    own = [p for p in pods if p.owner_uid == job.uid]
+    attempt = max([int(old.get("attempt") or 0)] + [p.attempt for p in own])
+    s["attempt"], s["restarts"] = attempt, int(old.get("restarts") or 0)
+    if not b.old_phase:
+        b.cond(COND_CREATED, True, "JobCreated", f"TrainingJob with {spec.replicas} rank(s) created")
+    _apply_reports(s, job, reports)
+    current = {p.rank: p for p in own if p.attempt == attempt and p.rank < spec.replicas}
+    old_ranks = {
+        r["rank"]: r
+        for r in old.get("ranks") or []
+        if isinstance(r, Mapping) and isinstance(r.get("rank"), int) and r.get("attempt") == attempt
+    }
+    s["ranks"] = _rank_entries(job.name, spec, attempt, current, old_ranks, reports)
+    s["ready"] = f"{sum(1 for p in current.values() if p.ready)}/{spec.replicas}"
+    foreign = {p.name for p in pods if p.owner_uid != job.uid}
+    return Observed(b.ref, spec, own, foreign, current, old_ranks, reports)
+
+
+def plan_finished(b: JobBuilder, o: Observed) -> Plan | None:
+    """A finished job: clean up per policy, expire after the TTL, decide nothing else."""
+    old, old_phase = b.old, b.old_phase
+    if old_phase not in TERMINAL:
+        return None
+    # The record of how each rank ended stays as it was, even when its Pod is cleaned up.
+    for key in ("ranks", "ready"):
+        if key in old:
+            b.status[key] = old[key]
+    policy = o.spec.run_policy
+    b.plan.delete_pods = _pods_to_clean(o.own, policy.clean_pod_policy)
+    ttl = policy.ttl_seconds_after_finished
+    done = parse_time(old.get("completionTime"))
+    if ttl is not None and done is not None and b.now >= done + timedelta(seconds=ttl):
+        b.plan.delete_job = True
+        b.event("Normal", "TTLExpired", f"Deleting the job {ttl}s after it finished")
+    return b.finish(old_phase, old.get("message") or old_phase)
+
+
+def plan_suspended(b: JobBuilder, o: Observed) -> Plan | None:
+    """Suspend deletes the gang (a new attempt starts on resume) and stops the deadline clock;
+    on resume, the clock starts again."""
+    s = b.status
+    if o.spec.run_policy.suspend:
+        if b.old_phase != SUSPENDED:
+            s["attempt"] += 1
+            b.event("Normal", "Suspended", "Job suspended: deleting its Pods")
+            b.cond(COND_SUSPENDED, True, "JobSuspended", "spec.runPolicy.suspend is true")
+            b.clear(COND_RUNNING, "JobSuspended", "Job is suspended")
+            b.clear(COND_RESTARTING, "JobSuspended", "Job is suspended")
+        s.pop("startTime", None)
+        _ranks_reset(b, o, s["attempt"])
+        b.plan.delete_pods = sorted(p.name for p in o.own if not p.deleting)
+        return b.finish(SUSPENDED, "Job is suspended")
+    if b.old_phase == SUSPENDED:
+        b.event("Normal", "Resumed", "Job resumed: recreating its Pods from the last checkpoint")
+        b.cond(COND_SUSPENDED, False, "JobResumed", "spec.runPolicy.suspend is false")
+        s.pop("startTime", None)
+    return None
+
+
+def rank_failures(o: Observed) -> list[str]:
+    """One line per rank of the current attempt that failed or vanished before it finished."""
+    failures = []
+    for rank in range(o.spec.replicas):
+        pod = o.current.get(rank)
+        prev = o.old_ranks.get(rank) or {}
+        if pod is None:
+            if prev.get("state") in (pd.PENDING, pd.RUNNING, pd.TERMINATING):
+                failures.append(f"rank {rank} (pod {prev.get('pod')}) was deleted before it finished")
+        elif pod.state in (pd.FAILED, pd.TERMINATING):
+            failures.append(pd.describe_failure(pod))
+    return failures
+
+
+def plan_failures(b: JobBuilder, o: Observed) -> Plan | None:
+    """Past the deadline, or a rank failed: fail the job, or restart the whole gang."""
+    s, policy = b.status, o.spec.run_policy
+    start = parse_time(s.get("startTime"))
+    if start is None:
+        start = b.now
+        s["startTime"] = format_time(b.now)
+    deadline = policy.active_deadline_seconds
+    if deadline is not None and b.now - start > timedelta(seconds=deadline):
+        return _fail(
+            b, o, "DeadlineExceeded", f"Job was active longer than activeDeadlineSeconds ({deadline}s)"
+        )
+    failures = rank_failures(o)
+    if not failures:
+        return None
+    detail = "; ".join(failures)
+    restarts = s["restarts"]
+    if restarts >= policy.backoff_limit:
+        return _fail(
+            b, o, "BackoffLimitExceeded",
+            f"{detail}; backoffLimit ({policy.backoff_limit}) reached after {restarts} gang restart(s)",
+        )  # fmt: skip
+    s["restarts"] += 1
+    s["attempt"] += 1
+    _ranks_reset(b, o, s["attempt"])
+    message = (
+        f"{detail}; restarting all {o.spec.replicas} rank(s) "
+        f"(restart {s['restarts']} of at most {policy.backoff_limit})"
+    )
+    b.event("Warning", "GangRestart", message)
+    b.cond(COND_RESTARTING, True, "RankFailed", message)
+    b.clear(COND_RUNNING, "RankFailed", detail)
+    b.plan.delete_pods = sorted(p.name for p in o.own if not p.deleting)
+    return b.finish(RESTARTING, message)
+
+
+def waiting_message(o: Observed, states: Sequence[str]) -> str:
+    """Why not every rank runs yet, with the reasons of ranks stuck in Pending."""
+    stuck = [
+        f"rank {p.rank}: {p.reason}" + (f" ({p.message})" if p.message else "")
+        for p in o.current.values()
+        if p.state == pd.PENDING and p.reason
+    ]
+    pending = sum(1 for state in states if state in (pd.PENDING, pd.ABSENT))
+    message = f"{pending} of {o.spec.replicas} rank(s) not running yet"
+    if stuck:
+        message += ": " + "; ".join(stuck)
+    return message
+
+
+def plan_progress(b: JobBuilder, o: Observed) -> Plan:
+    """The gang's next move: wait for the previous attempt to go, create the missing ranks,
+    and report succeeded, running or what is awaited."""
+    old_phase, replicas, name = b.old_phase, o.spec.replicas, o.job.name
+    # The previous attempt must be gone before its names are reused.
+    leftovers = [p for p in o.own if p.attempt < b.status["attempt"]]
+    b.plan.delete_pods = sorted(p.name for p in leftovers if not p.deleting)
+    waiting_phase = RESTARTING if old_phase == RESTARTING else PENDING
+    if leftovers:
+        return b.finish(waiting_phase, f"Waiting for {len(leftovers)} Pod(s) of the previous attempt to go")
+
+    succeeded = {r for r, e in o.old_ranks.items() if e.get("state") == pd.SUCCEEDED}
+    missing = [r for r in range(replicas) if r not in o.current and r not in succeeded]
+    blocked = [r for r in missing if pod_name(name, r) in o.foreign]
+    b.plan.create_ranks = [r for r in missing if r not in blocked]
+    b.plan.ensure_service = bool(b.plan.create_ranks) or not old_phase
+
+    states = [e["state"] for e in b.status["ranks"]]
+    if all(state == pd.SUCCEEDED for state in states):
+        return _succeed(b, o)
+    if all(state in (pd.RUNNING, pd.SUCCEEDED) for state in states):
+        if old_phase != RUNNING:
+            b.cond(COND_RUNNING, True, "AllRanksRunning", f"All {replicas} rank(s) are running")
+            b.clear(COND_RESTARTING, "AllRanksRunning", "The new gang is running")
+        return b.finish(RUNNING, f"All {replicas} rank(s) are running")
+    if blocked:
+        return b.finish(
+            waiting_phase,
+            f"Waiting for Pod(s) {', '.join(pod_name(name, r) for r in blocked)} "
+            "of a previous job with the same name to go",
+        )
+    return b.finish(RUNNING if old_phase == RUNNING else waiting_phase, waiting_message(o, states))
+
+
+def plan(
+    job: JobRef,
+    spec: TrainingJobSpec,
+    status: Mapping[str, Any] | None,
+    pods: Sequence[pd.PodSummary],
+    reports: Mapping[str, TrainerReport],
+    now: datetime,
+) -> Plan:
+    """Decide the job's next status and actions from what is observed now."""
+    b = JobBuilder(job, dict(status or {}), now, MANAGED_STATUS, Plan)
+    o = observe(b, spec, pods, reports)
+    for step in (plan_finished, plan_suspended, plan_failures):
+        decided = step(b, o)
+        if decided is not None:
+            return decided
+    return plan_progress(b, o)
+
+
+def _apply_reports(s: dict[str, Any], job: JobRef, reports: Mapping[str, TrainerReport]) -> None:
+    rank0 = reports.get(pod_name(job.name, 0))
+    if rank0 is None:
+        return
+    progress = progress_of(rank0)
+    if progress is not None:
+        s["progress"] = progress
+    if rank0.metrics:
+        s["metrics"] = dict(rank0.metrics)
+    if rank0.mlflow_run_id:
+        s["mlflowRunId"] = rank0.mlflow_run_id
+    if rank0.finished:
+        s["result"] = rank0.finished["status"]
+
+
+def _ended(b: JobBuilder, o: Observed, cond: str, reason: str, message: str) -> None:
+    b.ended(cond, reason, message, (COND_RUNNING, COND_RESTARTING))
+    b.plan.delete_pods = _pods_to_clean(o.own, o.spec.run_policy.clean_pod_policy)
+
+
+def _fail(b: JobBuilder, o: Observed, reason: str, message: str) -> Plan:
+    _ended(b, o, COND_FAILED, reason, message)
+    b.event("Warning", reason, message)
+    return b.finish(FAILED, message)
+
+
+def _succeed(b: JobBuilder, o: Observed) -> Plan:
+    result = b.status.get("result") or "completed"
+    reason = RESULT_REASONS.get(result, "Completed")
+    message = f"All {len(b.status['ranks'])} rank(s) finished ({result})"
+    hashes = {e.get("result", {}).get("weightsSha256") for e in b.status["ranks"]}
+    hashes.discard(None)
+    if len(hashes) > 1:
+        message += "; WARNING: ranks reported different weight hashes"
+    _ended(b, o, COND_SUCCEEDED, reason, message)
+    b.event("Normal", "Succeeded", message)
+    return b.finish(SUCCEEDED, message)

@@ -1,0 +1,121 @@
+"""In-memory fakes of the operator's I/O, for unit tests of its handlers. Each implements the
+Protocol its handlers are written against, as the real class does (tests/unit/test_fakes.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dmlt_operator.tuningstudy.mlflow_rest import MlflowError
+from kubernetes.client.exceptions import ApiException
+
+
+class FakeJobKube:
+    """The API as the TrainingJob handlers see it (TrainingJobKube), in memory."""
+
+    def __init__(self, logs: dict[str, str] | None = None, existing: set[str] | None = None):
+        self.logs = logs or {}
+        self.existing = set(existing or ())
+        self.created: list[dict[str, Any]] = []
+        self.deleted: list[tuple[str, str | None]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.jobs_deleted: list[str] = []
+
+    def create_pod(self, pod):
+        if pod["metadata"]["name"] in self.existing:
+            return False
+        self.existing.add(pod["metadata"]["name"])
+        self.created.append(pod)
+        return True
+
+    def create_service(self, service):
+        self.created.append(service)
+        return True
+
+    def delete_pod(self, namespace, name, uid=None):
+        self.deleted.append((name, uid))
+        return True
+
+    def read_pod_log(self, namespace, name, container, tail_lines, limit_bytes):
+        return self.logs.get(name)
+
+    def delete_trainingjob(self, namespace, name):
+        self.jobs_deleted.append(name)
+        return True
+
+    def post_event(self, body, type_, reason, message):
+        self.events.append((type_, reason, message))
+
+
+class FakeStudyKube:
+    """The API as the TuningStudy handlers see it (TuningStudyKube): TrainingJobs, one Secret,
+    events."""
+
+    def __init__(self, url: str | None) -> None:
+        self.secrets = {("ns", "dmlt-postgresql", "url"): url} if url else {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.refuse: ApiException | None = None
+        self.max_active = 0
+
+    def read_secret_value(self, namespace, name, key):
+        return self.secrets.get((namespace, name, key))
+
+    def create_trainingjob(self, job):
+        if self.refuse is not None:
+            raise self.refuse
+        name = job["metadata"]["name"]
+        if name in self.jobs:
+            return False
+        self.jobs[name] = {**job, "status": {}}
+        self.created.append(name)
+        self.max_active = max(self.max_active, self.active())
+        return True
+
+    def list_trainingjobs(self, namespace, label_selector):
+        wanted = dict(kv.split("=") for kv in label_selector.split(","))
+        return [j for j in self.jobs.values() if wanted.items() <= j["metadata"]["labels"].items()]
+
+    def delete_trainingjob(self, namespace, name):
+        self.deleted.append(name)
+        return self.jobs.pop(name, None) is not None
+
+    def post_event(self, body, type_, reason, message):
+        self.events.append((type_, reason, message))
+
+    def active(self) -> int:
+        return sum(1 for j in self.jobs.values() if j["status"].get("phase") not in ("Succeeded", "Failed"))
+
+
+class FakeMlflow:
+    """MLflow as the TuningStudy handlers see it (MlflowTracking), with switchable outages;
+    called with a tracking URI, it is its own client."""
+
+    def __init__(self) -> None:
+        self.parent_runs: list[str] = []
+        self.finished: list[tuple[str, str, dict]] = []
+        self.registered: list[tuple[str, str, str | None, dict]] = []
+        self.down = False
+        self.registry_down = False
+        self.registry_refuses = False
+
+    def __call__(self, uri: str) -> FakeMlflow:
+        return self
+
+    def ensure_parent_run(self, experiment, run_name, study, study_uid, params=None):
+        if self.down:
+            raise MlflowError("MLflow runs/search: cannot reach http://m:5000: refused")
+        self.parent_runs.append(study_uid)
+        return "parent-1"
+
+    def finish_run(self, run_id, status, metrics=None, tags=None):
+        self.finished.append((run_id, status, dict(metrics or {})))
+
+    def register_model(self, name, source, run_id, tags, description=""):
+        if self.registry_down:
+            raise MlflowError("MLflow registered-models/create: 503", status=503)
+        if self.registry_refuses:
+            raise MlflowError("MLflow model-versions/create: 400 INVALID_PARAMETER_VALUE bad source", 400)
+        self.registered.append((name, source, run_id, dict(tags)))
+        return "1"
