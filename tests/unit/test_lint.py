@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-LINTED = ("operator", "contract")
+LINTED = ("operator", "contract", "trainer_image", "sdk")
 
 
 def ruff() -> str:

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal, NamedTuple
 import yaml
 from dmlt_contract import (
     EPOCH_METRICS,
-    PRUNERS,  # noqa: F401  (re-exported: tests/unit/test_study_crd.py compares it until issue 13 drops that test)
     Direction,
     EpochMetric,
     PrunerName,
