@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from dmlt_operator.spec import JOB_NAME_RE, SpecError, TrainerSpec, TrainingJobSpec, parse_spec
+from dmlt_operator.spec import JOB_NAME_RE, DnsSubdomain, SpecError, TrainerSpec, TrainingJobSpec, parse_spec
 
 STUDY_PLURAL = "tuningstudies"
 STUDY_KIND = "TuningStudy"
@@ -39,8 +39,30 @@ OBJECTIVE_METRICS = (
     "train_accuracy", "generalization_gap", "grad_norm", "lr", "epoch_time_s", "eval_time_s",
     "samples_per_sec",
 )  # fmt: skip
-DIMS_RE = re.compile(r"^[0-9]+(-[0-9]+)*$")
+DIMS_RE = re.compile(r"^[0-9]{1,5}(-[0-9]{1,5}){0,15}$")
+# How a categorical choice written as a string reads as a whole or a real number (the CRD's CEL
+# rules use the same patterns before converting it).
+INT_CHOICE_RE = re.compile(r"^[0-9]{1,18}$")
+FLOAT_CHOICE_RE = re.compile(r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,3})?$")
 
+# What the CRD says when a parameter's values fall outside the TrainingJob's trainer bounds
+# (min/max, then choices); the bounds themselves are TrainerSpec's.
+BOUND_MESSAGES: dict[str, str] = {
+    "lr": "lr must stay in (0, 10] (min > 0, max <= 10)",
+    "dropout": "dropout must stay in [0, 1)",
+    "weightDecay": "weightDecay must not be negative (min >= 0)",
+    "batchSize": "batchSize must stay in [2, 1000000]",
+    "epochs": "epochs must stay in [1, 100000]",
+}
+CHOICE_MESSAGES: dict[str, str] = {
+    "lr": "lr choices must be numbers in (0, 10]",
+    "dropout": "dropout choices must be numbers in [0, 1)",
+    "weightDecay": "weightDecay choices must be numbers >= 0",
+    "batchSize": "batchSize choices must be whole numbers in [2, 1000000]",
+    "epochs": "epochs choices must be whole numbers in [1, 100000]",
+    "hiddenDims": "hiddenDims choices are widths in [1, 65536], or up to 16 of them written like '512-256-128'",
+}
+GRID_MESSAGE = "a grid may have at most 100000 points (the product of every parameter's number of values)"
 # Tunable trainer settings: parameter name (the TrainingJob's trainer field) → value kind.
 PARAMETER_KINDS: dict[str, str] = {
     "lr": "float",
@@ -91,6 +113,8 @@ def trainer_value(name: str, raw: Any) -> Any:
     if isinstance(raw, bool):
         raise ValueError(f"{name}: {raw!r} is not a number")
     if kind == "float":
+        if isinstance(raw, str) and not FLOAT_CHOICE_RE.match(raw):
+            raise ValueError(f"{name}: {raw!r} is not a number")
         try:
             value = float(raw)
         except (TypeError, ValueError):
@@ -103,26 +127,27 @@ def trainer_value(name: str, raw: Any) -> Any:
             if not raw.is_integer():
                 raise ValueError(f"{name}: {raw!r} is not an integer")
             return int(raw)
+        if isinstance(raw, str) and not INT_CHOICE_RE.match(raw):
+            raise ValueError(f"{name}: {raw!r} is not an integer")
         try:
             return int(raw)
         except (TypeError, ValueError):
             raise ValueError(f"{name}: {raw!r} is not an integer") from None
     if isinstance(raw, int):
         return [raw]
-    text = str(raw).strip()
+    text = str(raw)
     if not DIMS_RE.match(text):
         raise ValueError(f"{name}: {raw!r} is not hidden dims written like '512-256-128'")
     return [int(part) for part in text.split("-")]
 
 
-def _check_trainer_value(name: str, raw: Any) -> None:
-    """Raise ValueError unless `raw` is a valid value of the trainer field (its own bounds)."""
-    value = trainer_value(name, raw)
+def _check_trainer_value(name: str, raw: Any, message: str) -> None:
+    """Raise ValueError(message) unless `raw` is a valid value of the trainer field (TrainerSpec's
+    bounds, the TrainingJob CRD's)."""
     try:
-        TrainerSpec.model_validate({name: value})
-    except ValidationError as exc:
-        reasons = "; ".join(e["msg"] for e in exc.errors())
-        raise ValueError(f"{name}={raw!r} is not a valid trainer setting ({reasons})") from None
+        TrainerSpec.model_validate({name: trainer_value(name, raw)})
+    except (ValueError, ValidationError) as exc:
+        raise ValueError(f"{message}; got {raw!r}") from exc
 
 
 class ParameterSpec(_Model):
@@ -160,7 +185,7 @@ class ParameterSpec(_Model):
             if len(set(map(repr, self.choices))) != len(self.choices):
                 raise ValueError("choices must be unique")
             for choice in self.choices:
-                _check_trainer_value(self.name, choice)
+                _check_trainer_value(self.name, choice, CHOICE_MESSAGES[self.name])
             return self
         if self.choices is not None:
             raise ValueError("choices are for categorical parameters only")
@@ -182,11 +207,11 @@ class ParameterSpec(_Model):
             for key in ("min", "max", "step"):
                 value = getattr(self, key)
                 if value is not None and not float(value).is_integer():
-                    raise ValueError(f"{key} of an int parameter must be a whole number")
+                    raise ValueError("min, max and step of an int parameter must be whole numbers")
         if self.step is not None and self.step > self.max - self.min:
             raise ValueError("step must not exceed max - min")
-        _check_trainer_value(self.name, self.min)
-        _check_trainer_value(self.name, self.max)
+        _check_trainer_value(self.name, self.min, BOUND_MESSAGES[self.name])
+        _check_trainer_value(self.name, self.max, BOUND_MESSAGES[self.name])
         return self
 
     def grid_values(self) -> list[Any]:
@@ -236,7 +261,7 @@ class PrunerSpec(_Model):
 class SecretKeyRef(_Model):
     """A key of a Secret in the study's namespace."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    name: DnsSubdomain
     key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "url"
 
 
@@ -299,7 +324,7 @@ class TuningStudySpec(_Model):
                 names = ", ".join(missing)
                 raise ValueError(f"algorithm grid needs a step on every float parameter: {names}")
             if self.grid_size() > MAX_GRID:
-                raise ValueError(f"the grid has {self.grid_size()} points, more than {MAX_GRID}")
+                raise ValueError(f"{GRID_MESSAGE}; this one has {self.grid_size()}")
         return self
 
     @property

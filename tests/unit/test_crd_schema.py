@@ -239,61 +239,12 @@ def test_every_default_is_valid_for_its_field(schema):
 
 # --------------------------------------------------------------------------- CEL
 
-import celpy  # noqa: E402  (cel-python, a dev extra, evaluates the CEL rules)
+from tests.crd_admission import cel_violations as violations  # noqa: E402
+from tests.crd_admission import to_cel  # noqa: E402, F401  (test_study_crd imports it from here)
 
 
 def needs_cel(test):
     return test
-
-
-def to_cel(value: Any, node: dict[str, Any] | None) -> Any:
-    """JSON → CEL value the way the apiserver types it (number fields are doubles)."""
-    node = node or {}
-    if isinstance(value, dict):
-        props = node.get("properties") or {}
-        extra = node.get("additionalProperties")
-        extra = extra if isinstance(extra, dict) else None
-        return celpy.celtypes.MapType(
-            {celpy.celtypes.StringType(k): to_cel(v, props.get(k, extra)) for k, v in value.items()}
-        )
-    if isinstance(value, list):
-        return celpy.celtypes.ListType([to_cel(v, node.get("items")) for v in value])
-    if node.get("type") == "number" and isinstance(value, int | float):
-        return celpy.celtypes.DoubleType(float(value))
-    return celpy.json_to_cel(value)
-
-
-def rules_with_values(schema, obj, old=None):
-    """(path, rule, message, self, oldSelf) for every rule whose field is present."""
-    out = []
-
-    def visit(node, value, old_value, path):
-        for r in node.get("x-kubernetes-validations", []):
-            out.append((path, r["rule"], r["message"], (value, node), (old_value, node)))
-        if isinstance(value, dict):
-            for name, sub in (node.get("properties") or {}).items():
-                if name in value:
-                    o = old_value.get(name) if isinstance(old_value, dict) else None
-                    visit(sub, value[name], o, f"{path}.{name}")
-
-    visit(schema, obj, old, "")
-    return out
-
-
-def violations(schema, obj, old=None) -> list[str]:
-    env = celpy.Environment()
-    failed = []
-    for path, rule, message, (value, node), (old_value, _) in rules_with_values(schema, obj, old):
-        transition = "oldSelf" in rule
-        if transition and old_value is None:
-            continue  # transition rules only run on updates where the field existed
-        activation = {"self": to_cel(value, node)}
-        if transition:
-            activation["oldSelf"] = to_cel(old_value, node)
-        result = env.program(env.compile(rule)).evaluate(activation)
-        if isinstance(result, Exception) or not bool(result):
-            failed.append(f"{path}: {message}")
-    return failed
 
 
 def job(name="ddp-example", **spec):
