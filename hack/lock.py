@@ -79,7 +79,9 @@ def main(argv: list[str]) -> int:
     stale = [t for t in TARGETS if recorded_hash(t) != input_hash(requirements(t))]
     if "--check" in argv:
         for target in stale:
-            print(f"{lock_path(target)} is out of date with pyproject.toml: run hack/lock.sh", file=sys.stderr)
+            print(
+                f"{lock_path(target)} is out of date with pyproject.toml: run hack/lock.sh", file=sys.stderr
+            )
         return 1 if stale else 0
     LOCK_DIR.mkdir(exist_ok=True)
     for target in TARGETS:

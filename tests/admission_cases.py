@@ -134,8 +134,8 @@ INVALID: list[tuple[str, tuple[str, dict[str, Any]], str, str]] = [
     ("fieldRef-api-v2", env({"name": "V", "valueFrom": {"fieldRef": {
         "apiVersion": "v2", "fieldPath": "metadata.name"}}}),
      "spec.env[0].valueFrom.fieldRef.apiVersion", "Unsupported value"),  # fmt: skip
-    ("resourceFieldRef-gpu", env({"name": "V", "valueFrom": {"resourceFieldRef": {"resource": "limits.gpu"}}}),
-     "spec.env[0].valueFrom.resourceFieldRef.resource", "should match"),
+    ("resourceFieldRef-gpu", env({"name": "V", "valueFrom": {"resourceFieldRef": {
+        "resource": "limits.gpu"}}}), "spec.env[0].valueFrom.resourceFieldRef.resource", "should match"),
     ("resourceFieldRef-bad-container", env({"name": "V", "valueFrom": {"resourceFieldRef": {
         "resource": "limits.cpu", "containerName": "Trainer"}}}),
      "spec.env[0].valueFrom.resourceFieldRef.containerName", "should match"),  # fmt: skip
@@ -190,7 +190,8 @@ INVALID: list[tuple[str, tuple[str, dict[str, Any]], str, str]] = [
     ("template-env-name", (STUDY_PLURAL, study_spec(trialTemplate=job_spec(env=[{"name": "A=1"}]))),
      "spec.trialTemplate.env[0].name", "should match"),
     ("template-memory", (STUDY_PLURAL, study_spec(trialTemplate=job_spec(
-        resources={"limits": {"memory": "1GB"}}))), "spec.trialTemplate.resources.limits[memory]", "quantity"),
+        resources={"limits": {"memory": "1GB"}}))),
+     "spec.trialTemplate.resources.limits[memory]", "quantity"),
     # ---------------------------------------------------------------- TuningStudy search spaces
     ("choices-duplicate-int", params({"name": "batchSize", "type": "categorical", "choices": [64, 64]}),
      "spec.parameters[0].choices", "choices must be unique"),
@@ -259,21 +260,25 @@ INVALID: list[tuple[str, tuple[str, dict[str, Any]], str, str]] = [
 # A pod spec with every optional block filled, at its limits.
 FULL_ENV = [
     {"name": "PLAIN", "value": "x"},
-    {"name": "EMPTY_VALUE_WITH_SOURCE", "value": "", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    {"name": "EMPTY_VALUE_WITH_SOURCE", "value": "",
+     "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     {"name": "POD_LABEL", "valueFrom": {"fieldRef": {"apiVersion": "v1",
                                                      "fieldPath": "metadata.labels['dmlt.io/job-name']"}}},
     {"name": "POD_IPS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIPs"}}},
     {"name": "CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"containerName": "trainer",
                                                              "resource": "limits.cpu", "divisor": "1m"}}},
     {"name": "MEM_REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory", "divisor": 1}}},
-    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": LONG_SUBDOMAIN, "key": "a.b-c_D", "optional": True}}},
-    {"name": "SETTING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "lr", "optional": False}}},
+    {"name": "TOKEN",
+     "valueFrom": {"secretKeyRef": {"name": LONG_SUBDOMAIN, "key": "a.b-c_D", "optional": True}}},
+    {"name": "SETTING",
+     "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "lr", "optional": False}}},
 ]  # fmt: skip
 FULL_JOB = job_spec(
     replicas=2,
     backend="nccl",
     resources={
-        "requests": {"cpu": "500m", "memory": "1.5Gi", "ephemeral-storage": "1e9", GPU: 1, "hugepages-2Mi": "2Mi"},
+        "requests": {"cpu": "500m", "memory": "1.5Gi", "ephemeral-storage": "1e9", GPU: 1,
+                     "hugepages-2Mi": "2Mi"},
         "limits": {"cpu": 2, "memory": "2Gi", GPU: "1", "example.com/fpga": 3, "hugepages-2Mi": "2Mi"},
     },
     trainer={"dataset": "file", "dataPath": "/data/train.parquet", "target": "label"},
@@ -296,8 +301,8 @@ VALID: list[tuple[str, tuple[str, dict[str, Any]]]] = [
         requests={"cpu": ".5", "memory": "+1Ki", "ephemeral-storage": "1E"},
         limits={"cpu": "0.5", "memory": "1024", "ephemeral-storage": "2E"})),
     ("requests-equal-limits-zero", resources(requests={"cpu": 0, "memory": "0"}, limits={"cpu": "0"})),
-    ("relaxed-env-names", env({"name": "1starts with a digit", "value": "x"}, {"name": "a.b-c:d~!", "value": "y"},
-                              {"name": "N" * 253, "value": ""})),
+    ("relaxed-env-names", env({"name": "1starts with a digit", "value": "x"},
+                              {"name": "a.b-c:d~!", "value": "y"}, {"name": "N" * 253, "value": ""})),
     ("env-128-entries", env(*({"name": f"VAR_{i}", "value": str(i)} for i in range(128)))),
     ("sizeLimit-int-and-string", job(checkpoint={"emptyDir": {"sizeLimit": "1Gi"}})),
     ("sizeLimit-integer", job(checkpoint={"emptyDir": {"sizeLimit": 1073741824}})),

@@ -82,35 +82,43 @@ def _evaluate(rule: str, activation: dict[str, Any]) -> bool:
     return not isinstance(result, Exception) and bool(result)
 
 
-def cel_violations(schema: dict[str, Any], obj: Any, old: Any = None) -> list[str]:
+def _broken_rules(node: dict[str, Any], value: Any, old_value: Any, path: str) -> list[str]:
+    """`path: message` of the node's own rules that `value` breaks."""
+    failed = []
+    for r in node.get("x-kubernetes-validations", []):
+        transition = "oldSelf" in r["rule"]
+        if transition and old_value is None:
+            continue  # transition rules only run on updates where the field existed
+        activation = {"self": to_cel(value, node)}
+        if transition:
+            activation["oldSelf"] = to_cel(old_value, node)
+        if not _evaluate(r["rule"], activation):
+            failed.append(f"{path}{r.get('fieldPath', '')}: {r['message']}")
+    return failed
+
+
+def _children(node: dict[str, Any], value: Any, old_value: Any, path: str):
+    """(schema, value, old value, path) of each child of `value` the schema describes."""
+    if isinstance(value, dict):
+        extra = node.get("additionalProperties")
+        for name, sub in value.items():
+            child = (node.get("properties") or {}).get(name)
+            old = old_value.get(name) if isinstance(old_value, dict) else None
+            if child is not None:
+                yield child, sub, old, f"{path}.{name}"
+            elif isinstance(extra, dict):
+                yield extra, sub, old, f"{path}[{name}]"
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for i, item in enumerate(value):
+            yield node["items"], item, None, f"{path}[{i}]"
+
+
+def cel_violations(schema: dict[str, Any], obj: Any, old: Any = None, path: str = "") -> list[str]:
     """`path: message` of every CEL rule `obj` breaks (list items and map values included;
     transition rules only where the old object had the field)."""
-    failed: list[str] = []
-
-    def visit(node: dict[str, Any], value: Any, old_value: Any, path: str) -> None:
-        for r in node.get("x-kubernetes-validations", []):
-            transition = "oldSelf" in r["rule"]
-            if transition and old_value is None:
-                continue
-            activation = {"self": to_cel(value, node)}
-            if transition:
-                activation["oldSelf"] = to_cel(old_value, node)
-            if not _evaluate(r["rule"], activation):
-                failed.append(f"{path}{r.get('fieldPath', '')}: {r['message']}")
-        if isinstance(value, dict):
-            extra = node.get("additionalProperties")
-            for name, sub in value.items():
-                child = (node.get("properties") or {}).get(name)
-                o = old_value.get(name) if isinstance(old_value, dict) else None
-                if child is not None:
-                    visit(child, sub, o, f"{path}.{name}")
-                elif isinstance(extra, dict):
-                    visit(extra, sub, o, f"{path}[{name}]")
-        elif isinstance(value, list) and isinstance(node.get("items"), dict):
-            for i, item in enumerate(value):
-                visit(node["items"], item, None, f"{path}[{i}]")
-
-    visit(schema, obj, old, "")
+    failed = _broken_rules(schema, obj, old, path)
+    for child in _children(schema, obj, old, path):
+        failed += cel_violations(*child)
     return failed
 
 

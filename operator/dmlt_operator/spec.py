@@ -54,9 +54,7 @@ def _quantity(value: int | str) -> int | str:
 
 Quantity = Annotated[int | str, AfterValidator(_quantity)]
 ResourceName = Annotated[str, AfterValidator(kf.check_resource_name)]
-DnsSubdomain = Annotated[
-    str, StringConstraints(min_length=1, max_length=253, pattern=kf.DNS_SUBDOMAIN)
-]
+DnsSubdomain = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=kf.DNS_SUBDOMAIN)]
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=kf.LABEL_VALUE)]
 LabelKey = Annotated[str, AfterValidator(kf.check_label_key)]
 

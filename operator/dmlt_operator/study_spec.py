@@ -60,7 +60,9 @@ CHOICE_MESSAGES: dict[str, str] = {
     "weightDecay": "weightDecay choices must be numbers >= 0",
     "batchSize": "batchSize choices must be whole numbers in [2, 1000000]",
     "epochs": "epochs choices must be whole numbers in [1, 100000]",
-    "hiddenDims": "hiddenDims choices are widths in [1, 65536], or up to 16 of them written like '512-256-128'",
+    "hiddenDims": (
+        "hiddenDims choices are widths in [1, 65536], or up to 16 of them written like '512-256-128'"
+    ),
 }
 GRID_MESSAGE = "a grid may have at most 100000 points (the product of every parameter's number of values)"
 # Tunable trainer settings: parameter name (the TrainingJob's trainer field) → value kind.
@@ -103,42 +105,52 @@ class ObjectiveSpec(_Model):
         return value
 
 
+def _float_value(name: str, raw: Any) -> float:
+    if isinstance(raw, str) and not FLOAT_CHOICE_RE.match(raw):
+        raise ValueError(f"{name}: {raw!r} is not a number")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: {raw!r} is not a finite number")
+    return value
+
+
+def _int_value(name: str, raw: Any) -> int:
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError(f"{name}: {raw!r} is not an integer")
+        return int(raw)
+    if isinstance(raw, str) and not INT_CHOICE_RE.match(raw):
+        raise ValueError(f"{name}: {raw!r} is not an integer")
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {raw!r} is not an integer") from None
+
+
+def _dims_value(name: str, raw: Any) -> list[int]:
+    if isinstance(raw, int):
+        return [raw]
+    if not DIMS_RE.match(str(raw)):
+        raise ValueError(f"{name}: {raw!r} is not hidden dims written like '512-256-128'")
+    return [int(part) for part in str(raw).split("-")]
+
+
+_VALUE_OF_KIND = {"float": _float_value, "int": _int_value, "dims": _dims_value}
+
+
 def trainer_value(name: str, raw: Any) -> Any:
     """A sampled (or chosen) value as the TrainingJob's trainer field `name` takes it.
 
     Categorical choices come as integers or strings (the CRD allows only those): "0.1" is a
-    float for lr, dropout and weightDecay, and hidden dims are written "512-256-128".
+    float for lr, dropout and weightDecay, and hidden dims are written "512-256-128"; strings
+    are read with the patterns the CRD's rules use.
     """
-    kind = PARAMETER_KINDS[name]
     if isinstance(raw, bool):
         raise ValueError(f"{name}: {raw!r} is not a number")
-    if kind == "float":
-        if isinstance(raw, str) and not FLOAT_CHOICE_RE.match(raw):
-            raise ValueError(f"{name}: {raw!r} is not a number")
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: {raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: {raw!r} is not a finite number")
-        return value
-    if kind == "int":
-        if isinstance(raw, float):
-            if not raw.is_integer():
-                raise ValueError(f"{name}: {raw!r} is not an integer")
-            return int(raw)
-        if isinstance(raw, str) and not INT_CHOICE_RE.match(raw):
-            raise ValueError(f"{name}: {raw!r} is not an integer")
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: {raw!r} is not an integer") from None
-    if isinstance(raw, int):
-        return [raw]
-    text = str(raw)
-    if not DIMS_RE.match(text):
-        raise ValueError(f"{name}: {raw!r} is not hidden dims written like '512-256-128'")
-    return [int(part) for part in text.split("-")]
+    return _VALUE_OF_KIND[PARAMETER_KINDS[name]](name, raw)
 
 
 def _check_trainer_value(name: str, raw: Any, message: str) -> None:
@@ -176,17 +188,24 @@ class ParameterSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> ParameterSpec:
-        kind = PARAMETER_KINDS[self.name]
         if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("categorical parameters need choices")
-            if self.min is not None or self.max is not None or self.step is not None or self.log:
-                raise ValueError("categorical parameters take choices only, not min, max, step or log")
-            if len(set(map(repr, self.choices))) != len(self.choices):
-                raise ValueError("choices must be unique")
-            for choice in self.choices:
-                _check_trainer_value(self.name, choice, CHOICE_MESSAGES[self.name])
-            return self
+            self._check_choices()
+        else:
+            self._check_range()
+        return self
+
+    def _check_choices(self) -> None:
+        if not self.choices:
+            raise ValueError("categorical parameters need choices")
+        if self.min is not None or self.max is not None or self.step is not None or self.log:
+            raise ValueError("categorical parameters take choices only, not min, max, step or log")
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError("choices must be unique")
+        for choice in self.choices:
+            _check_trainer_value(self.name, choice, CHOICE_MESSAGES[self.name])
+
+    def _check_kind(self) -> None:
+        kind = PARAMETER_KINDS[self.name]
         if self.choices is not None:
             raise ValueError("choices are for categorical parameters only")
         if kind == "dims":
@@ -195,6 +214,9 @@ class ParameterSpec(_Model):
             raise ValueError(f"{self.name} is an integer: use type int or categorical")
         if kind == "float" and self.type == "int":
             raise ValueError(f"{self.name} is a real number: use type float or categorical")
+
+    def _check_range(self) -> None:
+        self._check_kind()
         if self.min is None or self.max is None:
             raise ValueError("float and int parameters need min and max")
         if not self.min < self.max:
@@ -203,16 +225,13 @@ class ParameterSpec(_Model):
             raise ValueError("a log scale needs min > 0")
         if self.log and self.step is not None and not (self.type == "int" and self.step == 1):
             raise ValueError("log and step cannot be combined (int parameters allow step 1)")
-        if self.type == "int":
-            for key in ("min", "max", "step"):
-                value = getattr(self, key)
-                if value is not None and not float(value).is_integer():
-                    raise ValueError("min, max and step of an int parameter must be whole numbers")
+        whole = (v is None or float(v).is_integer() for v in (self.min, self.max, self.step))
+        if self.type == "int" and not all(whole):
+            raise ValueError("min, max and step of an int parameter must be whole numbers")
         if self.step is not None and self.step > self.max - self.min:
             raise ValueError("step must not exceed max - min")
         _check_trainer_value(self.name, self.min, BOUND_MESSAGES[self.name])
         _check_trainer_value(self.name, self.max, BOUND_MESSAGES[self.name])
-        return self
 
     def grid_values(self) -> list[Any]:
         """Every value an exhaustive grid visits (float parameters need a step)."""

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.admission_cases import INVALID, JOB_PLURAL, VALID, operator_parses
-from tests.integration.test_operator_apiserver import NS, cluster  # noqa: F401  (fixture)
+from tests.integration.test_operator_apiserver import NS, cluster  # noqa: F401  (the fixture)
 
 pytestmark = [
     pytest.mark.integration,
@@ -26,11 +26,13 @@ pytestmark = [
 ]
 
 
-def submit(cluster, plural: str, spec: dict[str, Any], name: str = "admission-case") -> dict[str, Any]:
+def submit(
+    api: dict[str, Any], plural: str, spec: dict[str, Any], name: str = "admission-case"
+) -> dict[str, Any]:
     kind = "TrainingJob" if plural == JOB_PLURAL else "TuningStudy"
     body = {"apiVersion": "dmlt.io/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": NS},
             "spec": copy.deepcopy(spec)}  # fmt: skip
-    return cluster["custom"].create_namespaced_custom_object(
+    return api["custom"].create_namespaced_custom_object(
         "dmlt.io", "v1alpha1", NS, plural, body, dry_run="All"
     )
 

@@ -21,7 +21,7 @@ from dmlt_operator.study_spec import parse_study_spec
 from dmlt_trainer import config as trainer_config
 
 from tests.admission_cases import INVALID, JOB_PLURAL, VALID, operator_parses
-from tests.crd_admission import admission_violations, cel_violations, pattern_of
+from tests.crd_admission import admission_violations, pattern_of
 from tests.unit.test_crd_schema import apply_defaults
 
 pytestmark = pytest.mark.unit
@@ -34,7 +34,10 @@ def _schema(file: str) -> dict[str, Any]:
     return version["schema"]["openAPIV3Schema"]
 
 
-SCHEMAS = {JOB_PLURAL: _schema("trainingjobs.dmlt.io.yaml"), "tuningstudies": _schema("tuningstudies.dmlt.io.yaml")}
+SCHEMAS = {
+    JOB_PLURAL: _schema("trainingjobs.dmlt.io.yaml"),
+    "tuningstudies": _schema("tuningstudies.dmlt.io.yaml"),
+}
 JOB_SPEC = SCHEMAS[JOB_PLURAL]["properties"]["spec"]
 STUDY_SCHEMA = SCHEMAS["tuningstudies"]
 
@@ -215,7 +218,8 @@ def test_study_parameters_hold_the_trainer_bounds(name):
     inner_low = low if low_in else low + step
     inner_high = (high if high_in else high - step) if high is not None else inner_low + 10
     assert _study_accepts({"name": name, "type": kind, "min": inner_low, "max": inner_high}) == (True, True)
-    assert _study_accepts({"name": name, "type": kind, "min": low - step, "max": inner_high}) == (False, False)
+    below = {"name": name, "type": kind, "min": low - step, "max": inner_high}
+    assert _study_accepts(below) == (False, False)
     if high is not None:
         outer = high + step if high_in else high
         assert _study_accepts({"name": name, "type": kind, "min": inner_low, "max": outer}) == (False, False)
@@ -228,8 +232,14 @@ def test_study_parameters_hold_the_trainer_bounds(name):
 def test_hidden_dims_choices_hold_the_width_bounds():
     width = JOB_SPEC["properties"]["trainer"]["properties"]["hiddenDims"]
     top, layers = width["items"]["maximum"], width["maxItems"]
-    for choices, ok in (([top], True), ([top + 1], False), (["-".join(["1"] * layers)], True),
-                        (["-".join(["1"] * (layers + 1))], False), (["8-0"], False), ([0], False)):
+    for choices, ok in (
+        ([top], True),
+        ([top + 1], False),
+        (["-".join(["1"] * layers)], True),
+        (["-".join(["1"] * (layers + 1))], False),
+        (["8-0"], False),
+        ([0], False),
+    ):
         param = {"name": "hiddenDims", "type": "categorical", "choices": choices}
         assert _study_accepts(param) == (ok, ok), choices  # fmt: skip
 

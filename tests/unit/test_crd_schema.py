@@ -186,7 +186,13 @@ def assert_fits(value: Any, node: dict[str, Any], path: str) -> None:
         assert isinstance(value, list), path
         for i, item in enumerate(value):
             assert_fits(item, node["items"], f"{path}[{i}]")
-    elif kind == "string":
+    else:
+        _assert_scalar_fits(value, node, path)
+
+
+def _assert_scalar_fits(value: Any, node: dict[str, Any], path: str) -> None:
+    kind = node.get("type")
+    if kind == "string":
         assert isinstance(value, str), path
         if "enum" in node:
             assert value in node["enum"], path

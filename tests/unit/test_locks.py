@@ -57,7 +57,9 @@ def test_image_builds_install_with_the_lock(target):
     dockerfile = (ROOT / "Dockerfile").read_text()
     stage = dockerfile.split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
     assert f"COPY requirements/{target}.lock.txt /tmp/constraints.txt" in stage
-    installs = [line for line in stage.splitlines() if "pip install" in line and "-r /tmp/requirements.txt" in line]
+    installs = [
+        line for line in stage.splitlines() if "pip install" in line and "-r /tmp/requirements.txt" in line
+    ]
     assert installs and all("-c /tmp/constraints.txt" in line for line in installs)
     assert "!requirements" in (ROOT / ".dockerignore").read_text().splitlines()
     images = (ROOT / "hack" / "cluster" / "images.sh").read_text()

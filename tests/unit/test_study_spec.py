@@ -91,7 +91,10 @@ BAD = [
     ({"name": "batchSize", "type": "categorical", "choices": [256, 256]}, "unique"),
     ({"name": "hiddenDims", "type": "int", "min": 1, "max": 2}, "hiddenDims must be categorical"),
     ({"name": "hiddenDims", "type": "categorical", "choices": ["512,256"]}, "512-256-128"),
-    ({"name": "hiddenDims", "type": "categorical", "choices": ["0-4"]}, "hiddenDims choices are widths in [1, 65536]"),
+    (
+        {"name": "hiddenDims", "type": "categorical", "choices": ["0-4"]},
+        "hiddenDims choices are widths in [1, 65536]",
+    ),
     ({"name": "momentum", "type": "float", "min": 0.1, "max": 0.9}, "spec.parameters[0].name"),
     ({"name": "lr", "type": "normal", "min": 0.1, "max": 0.9}, "spec.parameters[0].type"),
 ]
