@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    StrictStr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -52,7 +53,7 @@ def _quantity(value: int | str) -> int | str:
     return value
 
 
-Quantity = Annotated[int | str, AfterValidator(_quantity)]
+Quantity = Annotated[StrictInt | StrictStr, AfterValidator(_quantity)]
 ResourceName = Annotated[str, AfterValidator(kf.check_resource_name)]
 DnsSubdomain = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=kf.DNS_SUBDOMAIN)]
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=kf.LABEL_VALUE)]
@@ -97,10 +98,7 @@ class ResourcesSpec(_Model):
 
     def gpus(self) -> int:
         raw = self.limits.get(GPU_RESOURCE, self.requests.get(GPU_RESOURCE, 0))
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            return 0
+        return int(kf.quantity(raw))
 
 
 Width = Annotated[int, Field(ge=1, le=65536)]
