@@ -194,9 +194,10 @@ INVALID: list[tuple[str, tuple[str, dict[str, Any]], str, str]] = [
      "spec.trialTemplate.resources.limits[memory]", "quantity"),
     # ---------------------------------------------------------------- TuningStudy search spaces
     ("choices-duplicate-int", params({"name": "batchSize", "type": "categorical", "choices": [64, 64]}),
-     "spec.parameters[0].choices", "choices must be unique"),
-    ("choices-duplicate-string", params({"name": "lr", "type": "categorical", "choices": ["0.1", "0.1"]}),
-     "spec.parameters[0].choices", "choices must be unique"),
+     "spec.parameters[0].choices[1]", "Duplicate value"),
+    ("choices-duplicate-string", params({"name": "lr", "type": "categorical",
+                                         "choices": ["0.1", "0.2", "0.1"]}),
+     "spec.parameters[0].choices[2]", "Duplicate value"),
     ("batchSize-min-1", params({"name": "batchSize", "type": "int", "min": 1, "max": 64}),
      "spec.parameters[0]", "batchSize must stay in [2, 1000000]"),
     ("batchSize-max", params({"name": "batchSize", "type": "int", "min": 2, "max": 2000000}),

@@ -3,7 +3,7 @@
 The OpenAPI part (types, patterns, enums, lengths, required fields) is checked with jsonschema,
 the CEL rules with cel-python, and `x-kubernetes-list-type: map` keys for duplicates. cel-python
 lacks the libraries Kubernetes adds to CEL; `KUBERNETES_CEL` is a fake of the few our CRDs use
-(the quantity library's isQuantity/quantity/sign/compareTo/isInteger and the strings library's
+(the quantity library's isQuantity/quantity/compareTo/isInteger and the strings library's
 split), built on the operator's own quantity parser. The real apiserver runs the same cases in
 tests/integration/test_admission.py.
 """
@@ -44,7 +44,6 @@ def _compare(a: _Quantity, b: _Quantity) -> celtypes.IntType:
 KUBERNETES_CEL = {
     "isQuantity": _is_quantity,
     "quantity": _quantity,
-    "sign": lambda q: celtypes.IntType((q.value > 0) - (q.value < 0)),
     "compareTo": _compare,
     "isInteger": lambda q: celtypes.BoolType(q.value == q.value.to_integral_value()),
     "split": lambda s, sep: celtypes.ListType([celtypes.StringType(p) for p in str(s).split(str(sep))]),
@@ -150,16 +149,16 @@ _Validator = jsonschema.validators.extend(jsonschema.Draft4Validator, {"pattern"
 
 
 def schema_violations(schema: dict[str, Any], obj: Any) -> list[str]:
-    """`path: message` of every OpenAPI check `obj` fails, and of duplicate list-map keys."""
+    """`path: message` of every OpenAPI check `obj` fails, and of duplicates in list maps and sets."""
     validator = _Validator(_openapi(schema))
     failed = [f"{_json_path(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
 
     def visit(node: dict[str, Any], value: Any, path: str) -> None:
-        if isinstance(value, list) and node.get("x-kubernetes-list-type") == "map":
-            keys = node["x-kubernetes-list-map-keys"]
+        if isinstance(value, list) and node.get("x-kubernetes-list-type") in ("map", "set"):
+            keys = node.get("x-kubernetes-list-map-keys", [])
             seen: set[tuple[Any, ...]] = set()
             for i, item in enumerate(value):
-                key = tuple(item.get(k) for k in keys) if isinstance(item, dict) else (item,)
+                key = tuple(item.get(k) for k in keys) if keys else (type(item), item)
                 if key in seen:
                     failed.append(f"{path}[{i}]: Duplicate value: {key}")
                 seen.add(key)

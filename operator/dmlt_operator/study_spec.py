@@ -178,10 +178,10 @@ class ParameterSpec(_Model):
     def _int_or_string(cls, choices: list[Any] | None) -> list[Any] | None:
         for choice in choices or []:
             ok_int = isinstance(choice, int) and not isinstance(choice, bool)
-            ok_str = isinstance(choice, str) and 0 < len(choice) <= 256
+            ok_str = isinstance(choice, str) and 0 < len(choice) <= 128
             if not (ok_int or ok_str):
                 raise ValueError(
-                    f"choice {choice!r}: choices are integers or strings of 1-256 characters "
+                    f"choice {choice!r}: choices are integers or strings of 1-128 characters "
                     "(write real numbers as strings, e.g. '0.1')"
                 )
         return choices
