@@ -35,29 +35,33 @@ RUN python3 -m venv /opt/venv \
 
 FROM base AS operator
 COPY --from=requirements /req/operator.txt /tmp/requirements.txt
+# Pinned versions (hack/lock.sh): a rebuild installs what the lock says, not the newest release.
+COPY requirements/operator.lock.txt /tmp/constraints.txt
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    pip install --no-index --find-links /wheels "setuptools>=69" wheel -r /tmp/requirements.txt \
-    || pip install "setuptools>=69" wheel -r /tmp/requirements.txt
+    pip install --no-index --find-links /wheels -c /tmp/constraints.txt "setuptools>=69" wheel -r /tmp/requirements.txt \
+    || pip install -c /tmp/constraints.txt "setuptools>=69" wheel -r /tmp/requirements.txt
 COPY . /tmp/src
 # --no-deps: the project's base dependencies (torch, mlflow, ...) stay out of this image.
 RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
  && pip install --no-deps --no-build-isolation --no-cache-dir /tmp/src \
- && rm -rf /tmp/src /tmp/requirements.txt
+ && rm -rf /tmp/src /tmp/requirements.txt /tmp/constraints.txt
 USER 10001:10001
 WORKDIR /home/dmlt
 CMD ["dmlt-operator"]
 
 FROM base AS trainer
 COPY --from=requirements /req/trainer.txt /tmp/requirements.txt
+# Pinned versions (hack/lock.sh): a rebuild installs what the lock says, not the newest release.
+COPY requirements/trainer.lock.txt /tmp/constraints.txt
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    pip install --no-index --find-links /wheels "setuptools>=69" wheel -r /tmp/requirements.txt \
-    || pip install "setuptools>=69" wheel -r /tmp/requirements.txt
+    pip install --no-index --find-links /wheels -c /tmp/constraints.txt "setuptools>=69" wheel -r /tmp/requirements.txt \
+    || pip install -c /tmp/constraints.txt "setuptools>=69" wheel -r /tmp/requirements.txt
 COPY . /tmp/src
 RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
  && pip install --no-deps --no-build-isolation --no-cache-dir /tmp/src \
- && rm -rf /tmp/src /tmp/requirements.txt
+ && rm -rf /tmp/src /tmp/requirements.txt /tmp/constraints.txt
 USER 10001:10001
 WORKDIR /home/dmlt
 CMD ["dmlt-train"]

@@ -146,7 +146,7 @@ build_project() {
   [[ -n "${BASE_HASH:-}" ]] || build_base
   local target key ref src_hash
   src_hash="$(hash_files "$REPO" Dockerfile .dockerignore pyproject.toml README.md LICENSE \
-    trainer_image/dmlt_trainer operator/dmlt_operator contract/dmlt_contract)"
+    requirements trainer_image/dmlt_trainer operator/dmlt_operator contract/dmlt_contract)"
   # The requirement lists, as the Dockerfile's `requirements` stage writes them.
   local reqs="$CACHE/build/requirements"
   mkdir -p "$reqs"
@@ -162,8 +162,10 @@ PY
   # (buildah's layer cache): each holds a multi-GB torch layer. Source-only changes, and changes
   # to the operator's small requirement list, keep them.
   local deps_key trainer_key
-  deps_key="$(printf '%s %s' "$(hash_files "$reqs" trainer.txt operator.txt)" "$BASE_HASH" | sha256sum | cut -c1-16)"
-  trainer_key="$(printf '%s %s' "$(hash_files "$reqs" trainer.txt)" "$BASE_HASH" | sha256sum | cut -c1-16)"
+  deps_key="$(printf '%s %s %s' "$(hash_files "$reqs" trainer.txt operator.txt)" \
+    "$(hash_files "$REPO/requirements" trainer.lock.txt operator.lock.txt)" "$BASE_HASH" | sha256sum | cut -c1-16)"
+  trainer_key="$(printf '%s %s %s' "$(hash_files "$reqs" trainer.txt)" \
+    "$(hash_files "$REPO/requirements" trainer.lock.txt)" "$BASE_HASH" | sha256sum | cut -c1-16)"
   if [[ "$(cat "$CACHE/buildah/deps.key" 2>/dev/null)" != "$trainer_key" ]]; then
     "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
     echo "$trainer_key" >"$CACHE/buildah/deps.key"
@@ -174,8 +176,10 @@ PY
   mkdir -p "$wheels"
   if [[ -x "$pip" && ! -f "$wheels/.done-$deps_key" ]]; then
     log "wheels: downloading what is missing into $wheels"
-    if "$pip" download --quiet -d "$wheels" -r "$reqs/trainer.txt" -r "$reqs/operator.txt" \
-        "setuptools>=69" wheel > "$CACHE/logs/wheels.log" 2>&1; then
+    # One download per image, each with its own lock (requirements/<target>.lock.txt) as constraints.
+    if (for t in trainer operator; do "$pip" download --quiet -d "$wheels" -r "$reqs/$t.txt" \
+        -c "$REPO/requirements/$t.lock.txt" "setuptools>=69" wheel || exit 1; done) \
+        > "$CACHE/logs/wheels.log" 2>&1; then
       touch "$wheels/.done-$deps_key"
     else
       log "wheels: pip download failed (see $CACHE/logs/wheels.log); the build downloads instead"

@@ -8,8 +8,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import celpy  # cel-python, a dev extra, evaluates the CEL rules
-
 
 def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     yield path, node
@@ -75,20 +73,3 @@ def apply_defaults(value: Any, node: dict[str, Any]) -> Any:
     elif node.get("type") == "array" and isinstance(value, list):
         value = [apply_defaults(v, node["items"]) for v in value]
     return value
-
-
-def to_cel(value: Any, node: dict[str, Any] | None) -> Any:
-    """JSON → CEL value the way the apiserver types it (number fields are doubles)."""
-    node = node or {}
-    if isinstance(value, dict):
-        props = node.get("properties") or {}
-        extra = node.get("additionalProperties")
-        extra = extra if isinstance(extra, dict) else None
-        return celpy.celtypes.MapType(
-            {celpy.celtypes.StringType(k): to_cel(v, props.get(k, extra)) for k, v in value.items()}
-        )
-    if isinstance(value, list):
-        return celpy.celtypes.ListType([to_cel(v, node.get("items")) for v in value])
-    if node.get("type") == "number" and isinstance(value, int | float):
-        return celpy.celtypes.DoubleType(float(value))
-    return celpy.json_to_cel(value)

@@ -24,7 +24,7 @@ from dmlt_operator.trainingjob import progress as pg
 from dmlt_operator.trainingjob.build import JobRef
 from dmlt_operator.trainingjob.spec import parse_spec
 
-from tests.helpers.crd_schema import apply_defaults, assert_fits, to_cel, walk
+from tests.helpers.crd_schema import apply_defaults, assert_fits, walk
 
 pytestmark = pytest.mark.unit
 
@@ -184,44 +184,11 @@ def test_every_default_is_valid_for_its_field(schema):
 
 # --------------------------------------------------------------------------- CEL
 
-import celpy  # noqa: E402  (cel-python, a dev extra, evaluates the CEL rules)
+from tests.helpers.crd_admission import cel_violations as violations  # noqa: E402
 
 
 def needs_cel(test):
     return test
-
-
-def rules_with_values(schema, obj, old=None):
-    """(path, rule, message, self, oldSelf) for every rule whose field is present."""
-    out = []
-
-    def visit(node, value, old_value, path):
-        for r in node.get("x-kubernetes-validations", []):
-            out.append((path, r["rule"], r["message"], (value, node), (old_value, node)))
-        if isinstance(value, dict):
-            for name, sub in (node.get("properties") or {}).items():
-                if name in value:
-                    o = old_value.get(name) if isinstance(old_value, dict) else None
-                    visit(sub, value[name], o, f"{path}.{name}")
-
-    visit(schema, obj, old, "")
-    return out
-
-
-def violations(schema, obj, old=None) -> list[str]:
-    env = celpy.Environment()
-    failed = []
-    for path, rule, message, (value, node), (old_value, _) in rules_with_values(schema, obj, old):
-        transition = "oldSelf" in rule
-        if transition and old_value is None:
-            continue  # transition rules only run on updates where the field existed
-        activation = {"self": to_cel(value, node)}
-        if transition:
-            activation["oldSelf"] = to_cel(old_value, node)
-        result = env.program(env.compile(rule)).evaluate(activation)
-        if isinstance(result, Exception) or not bool(result):
-            failed.append(f"{path}: {message}")
-    return failed
 
 
 def job(name="ddp-example", **spec):

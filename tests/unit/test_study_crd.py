@@ -22,7 +22,8 @@ from dmlt_operator.tuningstudy import trials as tr
 from dmlt_operator.tuningstudy.build import StudyRef
 from dmlt_operator.tuningstudy.spec import parse_study_spec
 
-from tests.helpers.crd_schema import apply_defaults, assert_fits, to_cel, walk
+from tests.helpers.crd_admission import cel_violations as violations
+from tests.helpers.crd_schema import apply_defaults, assert_fits, walk
 
 pytestmark = pytest.mark.unit
 
@@ -224,38 +225,6 @@ def test_every_default_is_valid_for_its_field(schema):
 # --------------------------------------------------------------------------- CEL
 
 
-def violations(schema: dict[str, Any], obj: Any, old: Any = None) -> list[str]:
-    """Messages of the CEL rules `obj` breaks, list items' rules included (evaluated with
-    cel-python; transition rules only where the old object had the field)."""
-    import celpy
-
-    env = celpy.Environment()
-    failed: list[str] = []
-
-    def visit(node: dict[str, Any], value: Any, old_value: Any, path: str) -> None:
-        for r in node.get("x-kubernetes-validations", []):
-            transition = "oldSelf" in r["rule"]
-            if transition and old_value is None:
-                continue
-            activation = {"self": to_cel(value, node)}
-            if transition:
-                activation["oldSelf"] = to_cel(old_value, node)
-            result = env.program(env.compile(r["rule"])).evaluate(activation)
-            if isinstance(result, Exception) or not bool(result):
-                failed.append(f"{path}: {r['message']}")
-        if isinstance(value, dict):
-            for name, sub in (node.get("properties") or {}).items():
-                if name in value:
-                    o = old_value.get(name) if isinstance(old_value, dict) else None
-                    visit(sub, value[name], o, f"{path}.{name}")
-        elif isinstance(value, list) and isinstance(node.get("items"), dict):
-            for i, item in enumerate(value):
-                visit(node["items"], item, None, f"{path}[{i}]")
-
-    visit(schema, obj, old, "")
-    return failed
-
-
 def study_obj(name: str = "tuning-example", **spec: Any) -> dict[str, Any]:
     body = {
         "parameters": [{"name": "lr", "type": "float", "min": 0.0001, "max": 0.1, "log": True}],
@@ -324,7 +293,7 @@ INVALID = [
     ({P: [{"name": "hiddenDims", "type": "int", "min": 1, "max": 4}]}, "hiddenDims must be categorical"),
     ({P: [{"name": "batchSize", "type": "float", "min": 8, "max": 64}]}, "batchSize and epochs are integers"),
     ({P: [{"name": "dropout", "type": "int", "min": 0, "max": 1}]}, "real numbers"),
-    ({P: [{"name": "lr", "type": "float", "min": 0.0, "max": 0.1}]}, "lr must be positive"),
+    ({P: [{"name": "lr", "type": "float", "min": 0.0, "max": 0.1}]}, "lr must stay in (0, 10]"),
     ({P: [{"name": "dropout", "type": "float", "min": 0.0, "max": 1.0}]}, "dropout must stay in [0, 1)"),
     ({P: [{"name": "batchSize", "type": "int", "min": 8, "max": 64, "step": 0}]}, "step must be positive"),
     (

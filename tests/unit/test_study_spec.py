@@ -73,7 +73,7 @@ BAD = [
     ({"name": "lr", "type": "float", "min": 0.2, "max": 0.1}, "min must be less than max"),
     ({"name": "lr", "type": "float", "min": 0.1}, "need min and max"),
     ({"name": "lr", "type": "float", "min": 1e-3, "max": 1e-1, "log": True, "step": 0.01}, "log and step"),
-    ({"name": "lr", "type": "float", "min": -1.0, "max": 0.1}, "not a valid trainer setting"),
+    ({"name": "lr", "type": "float", "min": -1.0, "max": 0.1}, "lr must stay in (0, 10]"),
     ({"name": "lr", "type": "categorical"}, "need choices"),
     ({"name": "lr", "type": "categorical", "choices": []}, "at least 1"),
     ({"name": "lr", "type": "categorical", "choices": ["0.1"], "min": 0.0}, "choices only"),
@@ -82,16 +82,19 @@ BAD = [
         "categorical parameters only",
     ),
     ({"name": "lr", "type": "int", "min": 1, "max": 2}, "real number"),
-    ({"name": "dropout", "type": "float", "min": 0.0, "max": 1.0}, "less than 1"),
+    ({"name": "dropout", "type": "float", "min": 0.0, "max": 1.0}, "dropout must stay in [0, 1)"),
     ({"name": "dropout", "type": "categorical", "choices": [0.1]}, "write real numbers as strings"),
     ({"name": "batchSize", "type": "float", "min": 64, "max": 512}, "is an integer"),
-    ({"name": "batchSize", "type": "int", "min": 1, "max": 512}, "greater than or equal to 2"),
+    ({"name": "batchSize", "type": "int", "min": 1, "max": 512}, "batchSize must stay in [2, 1000000]"),
     ({"name": "batchSize", "type": "int", "min": 64.5, "max": 512}, "whole number"),
     ({"name": "batchSize", "type": "int", "min": 64, "max": 128, "step": 100}, "step must not exceed"),
     ({"name": "batchSize", "type": "categorical", "choices": [256, 256]}, "unique"),
     ({"name": "hiddenDims", "type": "int", "min": 1, "max": 2}, "hiddenDims must be categorical"),
     ({"name": "hiddenDims", "type": "categorical", "choices": ["512,256"]}, "512-256-128"),
-    ({"name": "hiddenDims", "type": "categorical", "choices": ["0-4"]}, "not a valid trainer setting"),
+    (
+        {"name": "hiddenDims", "type": "categorical", "choices": ["0-4"]},
+        "hiddenDims choices are widths in [1, 65536]",
+    ),
     ({"name": "momentum", "type": "float", "min": 0.1, "max": 0.9}, "spec.parameters[0].name"),
     ({"name": "lr", "type": "normal", "min": 0.1, "max": 0.9}, "spec.parameters[0].type"),
 ]
@@ -158,7 +161,7 @@ def test_grid_size_limit():
         {"name": "lr", "type": "float", "min": 1e-6, "max": 1.0, "step": 1e-6},
         algorithm={"name": "grid"},
     )
-    with pytest.raises(StudySpecError, match="more than 100000"):
+    with pytest.raises(StudySpecError, match="at most 100000 points"):
         parse_study_spec(raw)
 
 

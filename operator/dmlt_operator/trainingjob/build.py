@@ -121,6 +121,10 @@ def trainer_args(job: str, spec: TrainingJobSpec) -> list[str]:
     ]  # fmt: skip
     if t.n_samples is not None:
         args += ["--n-samples", str(t.n_samples)]
+    if t.data_path is not None:
+        args += ["--data-path", t.data_path]
+    if t.target is not None:
+        args += ["--target", t.target]
     return args + list(t.extra_args)
 
 

@@ -8,10 +8,21 @@ and can say exactly which field is wrong. tests/unit/test_crd_schema.py keeps th
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
+from dmlt_operator.core import kube_formats as kf
 from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 MAX_JOB_NAME = 50
 """`<job>-<rank>` must be a DNS label (63 chars) and `<job>` a Service name (DNS-1035)."""
@@ -19,23 +30,62 @@ GPU_RESOURCE = "nvidia.com/gpu"
 BACKENDS = ("auto", "gloo", "nccl")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+DatasetName = Literal["synthetic", "synthetic_large", "breast_cancer", "covertype", "file"]
+DATASETS = get_args(DatasetName)
+"""The trainer's datasets (dmlt_trainer.config.DATASETS; a unit test keeps them equal)."""
 
 
-Quantity = int | float | str
+def _quantity(value: int | str) -> int | str:
+    kf.quantity(value)
+    return value
+
+
+Quantity = Annotated[StrictInt | StrictStr, AfterValidator(_quantity)]
+ResourceName = Annotated[str, AfterValidator(kf.check_resource_name)]
+DnsSubdomain = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=kf.DNS_SUBDOMAIN)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=kf.LABEL_VALUE)]
+LabelKey = Annotated[str, AfterValidator(kf.check_label_key)]
+
+
+def _extended_resources_are_whole(quantities: dict[str, int | str]) -> dict[str, int | str]:
+    for name, value in quantities.items():
+        if kf.is_extended_resource(name) and kf.quantity(value) != int(kf.quantity(value)):
+            raise ValueError("extended resources (such as nvidia.com/gpu) take whole numbers")
+    return quantities
+
+
+ResourceList = Annotated[
+    dict[ResourceName, Quantity], Field(max_length=16), AfterValidator(_extended_resources_are_whole)
+]
+
+
+def check_requests_within_limits(requests: dict[str, Any], limits: dict[str, Any]) -> None:
+    """Kubernetes' rules between a container's requests and limits, with the CRD's messages."""
+    for name, value in requests.items():
+        if name in limits and kf.quantity(value) > kf.quantity(limits[name]):
+            raise ValueError("every request must be less than or equal to its limit")
+        if not kf.is_overcommittable(name) and (
+            name not in limits or kf.quantity(value) != kf.quantity(limits[name])
+        ):
+            raise ValueError(
+                "an extended resource (such as nvidia.com/gpu) or hugepages requested needs an equal limit"
+            )
 
 
 class ResourcesSpec(SpecModel):
-    """Container resources, as in a Pod (quantities are strings or numbers)."""
+    """Container resources, as in a Pod (quantities are strings or integers)."""
 
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=dict)
+    requests: ResourceList = Field(default_factory=dict)
+    limits: ResourceList = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourcesSpec:
+        check_requests_within_limits(self.requests, self.limits)
+        return self
 
     def gpus(self) -> int:
         raw = self.limits.get(GPU_RESOURCE, self.requests.get(GPU_RESOURCE, 0))
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            return 0
+        return int(kf.quantity(raw))
 
 
 Width = Annotated[int, Field(ge=1, le=65536)]
@@ -44,7 +94,9 @@ Width = Annotated[int, Field(ge=1, le=65536)]
 class TrainerSpec(SpecModel):
     """The trainer's own settings; each becomes a dmlt-train flag."""
 
-    dataset: str = "synthetic"
+    dataset: DatasetName = "synthetic"
+    data_path: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    target: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     n_samples: Annotated[int, Field(ge=100)] | None = None
     epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
     batch_size: Annotated[int, Field(ge=2, le=1_000_000)] = 1024
@@ -58,17 +110,106 @@ class TrainerSpec(SpecModel):
     early_stopping_patience: Annotated[int, Field(ge=0)] = 0
     extra_args: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _file_needs_path_and_target(self) -> TrainerSpec:
+        if self.dataset == "file" and (self.data_path is None or self.target is None):
+            raise ValueError("dataset file needs trainer.dataPath and trainer.target")
+        return self
+
+
+class FieldRef(SpecModel):
+    api_version: Literal["v1"] = "v1"
+    field_path: Annotated[str, StringConstraints(max_length=512, pattern=kf.FIELD_PATH)]
+
+
+class ResourceFieldRef(SpecModel):
+    container_name: Annotated[str, StringConstraints(max_length=63, pattern=kf.DNS_LABEL)] | None = None
+    resource: Annotated[str, StringConstraints(max_length=128, pattern=kf.RESOURCE_FIELD)]
+    divisor: Quantity | None = None
+
+
+class KeyRef(SpecModel):
+    """A key of a ConfigMap or Secret in the job's namespace."""
+
+    name: DnsSubdomain
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=kf.CONFIG_KEY)]
+    optional: StrictBool | None = None
+
+
+class EnvVarSource(SpecModel):
+    """valueFrom of an env var, as in a Pod: exactly one source."""
+
+    field_ref: FieldRef | None = None
+    resource_field_ref: ResourceFieldRef | None = None
+    config_map_key_ref: KeyRef | None = None
+    secret_key_ref: KeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        sources = (self.field_ref, self.resource_field_ref, self.config_map_key_ref, self.secret_key_ref)
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(
+                "valueFrom needs exactly one of fieldRef, resourceFieldRef, configMapKeyRef and secretKeyRef"
+            )
+        return self
+
+
+def _env_var_source(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Checked as a Pod's EnvVarSource, kept as the object the user wrote."""
+    if raw is not None:
+        EnvVarSource.model_validate(raw)
+    return raw
+
 
 class EnvVar(SpecModel):
     """One container environment variable (value or valueFrom, as in a Pod)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
-    value: str | None = None
-    value_from: dict[str, Any] | None = None
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=kf.ENV_NAME)]
+    value: Annotated[str, Field(max_length=32768)] | None = None
+    value_from: Annotated[dict[str, Any] | None, AfterValidator(_env_var_source)] = None
+
+    @model_validator(mode="after")
+    def _value_or_value_from(self) -> EnvVar:
+        if self.value_from is not None and self.value:
+            raise ValueError("set only one of value and valueFrom")
+        return self
+
+
+class Toleration(SpecModel):
+    """One toleration, as in a Pod."""
+
+    key: Annotated[str, Field(max_length=kf.MAX_LABEL_KEY)] | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: LabelValue | None = None
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: StrictInt | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _label_key(cls, key: str | None) -> str | None:
+        if key:
+            kf.check_label_key(key)
+        return key
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator Exists")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
+
+
+def _toleration(raw: dict[str, Any]) -> dict[str, Any]:
+    """Checked as a Pod's toleration, kept as the object the user wrote."""
+    Toleration.model_validate(raw)
+    return raw
 
 
 class ClaimRef(SpecModel):
-    claim_name: Annotated[str, Field(min_length=1, max_length=253)]
+    claim_name: DnsSubdomain
 
 
 class EmptyDirSpec(SpecModel):
@@ -121,9 +262,11 @@ class TrainingJobSpec(SpecModel):
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     rendezvous: RendezvousSpec = Field(default_factory=RendezvousSpec)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: Annotated[list[dict[str, Any]], Field(max_length=64)] = Field(default_factory=list)
-    service_account_name: Annotated[str, Field(max_length=253)] | None = None
+    node_selector: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
+    tolerations: Annotated[
+        list[Annotated[dict[str, Any], AfterValidator(_toleration)]], Field(max_length=64)
+    ] = Field(default_factory=list)
+    service_account_name: DnsSubdomain | None = None
 
     @field_validator("env")
     @classmethod

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from dmlt_contract import EPOCH_METRICS, Direction, PrunerName, StudyAlgorithmName
 from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
-from dmlt_operator.trainingjob.spec import TrainerSpec, TrainingJobSpec, parse_spec
+from dmlt_operator.trainingjob.spec import DnsSubdomain, TrainerSpec, TrainingJobSpec, parse_spec
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 MAX_TRIALS = 10_000
@@ -29,8 +29,32 @@ MAX_STUDY_NAME = 40
 """Trial jobs are named `<study>-t<N>`; N stays below MAX_TRIALS + MAX_FAILED_TRIALS (5 digits),
 and a TrainingJob name may have 50 characters."""
 MAX_GRID = 100_000
-DIMS_RE = re.compile(r"^[0-9]+(-[0-9]+)*$")
+DIMS_RE = re.compile(r"^[0-9]{1,5}(-[0-9]{1,5}){0,15}$")
+# How a categorical choice written as a string reads as a whole or a real number (the CRD's CEL
+# rules use the same patterns before converting it).
+INT_CHOICE_RE = re.compile(r"^[0-9]{1,18}$")
+FLOAT_CHOICE_RE = re.compile(r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,3})?$")
 
+# What the CRD says when a parameter's values fall outside the TrainingJob's trainer bounds
+# (min/max, then choices); the bounds themselves are TrainerSpec's.
+BOUND_MESSAGES: dict[str, str] = {
+    "lr": "lr must stay in (0, 10] (min > 0, max <= 10)",
+    "dropout": "dropout must stay in [0, 1)",
+    "weightDecay": "weightDecay must not be negative (min >= 0)",
+    "batchSize": "batchSize must stay in [2, 1000000]",
+    "epochs": "epochs must stay in [1, 100000]",
+}
+CHOICE_MESSAGES: dict[str, str] = {
+    "lr": "lr choices must be numbers in (0, 10]",
+    "dropout": "dropout choices must be numbers in [0, 1)",
+    "weightDecay": "weightDecay choices must be numbers >= 0",
+    "batchSize": "batchSize choices must be whole numbers in [2, 1000000]",
+    "epochs": "epochs choices must be whole numbers in [1, 100000]",
+    "hiddenDims": (
+        "hiddenDims choices are widths in [1, 65536], or up to 16 of them written like '512-256-128'"
+    ),
+}
+GRID_MESSAGE = "a grid may have at most 100000 points (the product of every parameter's number of values)"
 # Tunable trainer settings: parameter name (the TrainingJob's trainer field) → value kind.
 PARAMETER_KINDS: dict[str, str] = {
     "lr": "float",
@@ -62,6 +86,8 @@ class ObjectiveSpec(SpecModel):
 
 
 def _float_value(name: str, raw: Any) -> float:
+    if isinstance(raw, str) and not FLOAT_CHOICE_RE.match(raw):
+        raise ValueError(f"{name}: {raw!r} is not a number")
     try:
         value = float(raw)
     except (TypeError, ValueError):
@@ -76,6 +102,8 @@ def _int_value(name: str, raw: Any) -> int:
         if not raw.is_integer():
             raise ValueError(f"{name}: {raw!r} is not an integer")
         return int(raw)
+    if isinstance(raw, str) and not INT_CHOICE_RE.match(raw):
+        raise ValueError(f"{name}: {raw!r} is not an integer")
     try:
         return int(raw)
     except (TypeError, ValueError):
@@ -85,32 +113,33 @@ def _int_value(name: str, raw: Any) -> int:
 def _dims_value(name: str, raw: Any) -> list[int]:
     if isinstance(raw, int):
         return [raw]
-    text = str(raw).strip()
-    if not DIMS_RE.match(text):
+    if not DIMS_RE.match(str(raw)):
         raise ValueError(f"{name}: {raw!r} is not hidden dims written like '512-256-128'")
-    return [int(part) for part in text.split("-")]
+    return [int(part) for part in str(raw).split("-")]
+
+
+_VALUE_OF_KIND = {"float": _float_value, "int": _int_value, "dims": _dims_value}
 
 
 def trainer_value(name: str, raw: Any) -> Any:
     """A sampled (or chosen) value as the TrainingJob's trainer field `name` takes it.
 
     Categorical choices come as integers or strings (the CRD allows only those): "0.1" is a
-    float for lr, dropout and weightDecay, and hidden dims are written "512-256-128".
+    float for lr, dropout and weightDecay, and hidden dims are written "512-256-128"; strings
+    are read with the patterns the CRD's rules use.
     """
     if isinstance(raw, bool):
         raise ValueError(f"{name}: {raw!r} is not a number")
-    convert = {"float": _float_value, "int": _int_value, "dims": _dims_value}[PARAMETER_KINDS[name]]
-    return convert(name, raw)
+    return _VALUE_OF_KIND[PARAMETER_KINDS[name]](name, raw)
 
 
-def _check_trainer_value(name: str, raw: Any) -> None:
-    """Raise ValueError unless `raw` is a valid value of the trainer field (its own bounds)."""
-    value = trainer_value(name, raw)
+def _check_trainer_value(name: str, raw: Any, message: str) -> None:
+    """Raise ValueError(message) unless `raw` is a valid value of the trainer field (TrainerSpec's
+    bounds, the TrainingJob CRD's)."""
     try:
-        TrainerSpec.model_validate({name: value})
-    except ValidationError as exc:
-        reasons = "; ".join(e["msg"] for e in exc.errors())
-        raise ValueError(f"{name}={raw!r} is not a valid trainer setting ({reasons})") from None
+        TrainerSpec.model_validate({name: trainer_value(name, raw)})
+    except (ValueError, ValidationError) as exc:
+        raise ValueError(f"{message}; got {raw!r}") from exc
 
 
 class ParameterSpec(SpecModel):
@@ -129,10 +158,10 @@ class ParameterSpec(SpecModel):
     def _int_or_string(cls, choices: list[Any] | None) -> list[Any] | None:
         for choice in choices or []:
             ok_int = isinstance(choice, int) and not isinstance(choice, bool)
-            ok_str = isinstance(choice, str) and 0 < len(choice) <= 256
+            ok_str = isinstance(choice, str) and 0 < len(choice) <= 128
             if not (ok_int or ok_str):
                 raise ValueError(
-                    f"choice {choice!r}: choices are integers or strings of 1-256 characters "
+                    f"choice {choice!r}: choices are integers or strings of 1-128 characters "
                     "(write real numbers as strings, e.g. '0.1')"
                 )
         return choices
@@ -142,7 +171,6 @@ class ParameterSpec(SpecModel):
         if self.type == "categorical":
             self._check_choices()
         else:
-            self._check_kind()
             self._check_range()
         return self
 
@@ -154,10 +182,9 @@ class ParameterSpec(SpecModel):
         if len(set(map(repr, self.choices))) != len(self.choices):
             raise ValueError("choices must be unique")
         for choice in self.choices:
-            _check_trainer_value(self.name, choice)
+            _check_trainer_value(self.name, choice, CHOICE_MESSAGES[self.name])
 
     def _check_kind(self) -> None:
-        """A float or int parameter: the setting must take values of that type."""
         kind = PARAMETER_KINDS[self.name]
         if self.choices is not None:
             raise ValueError("choices are for categorical parameters only")
@@ -169,6 +196,7 @@ class ParameterSpec(SpecModel):
             raise ValueError(f"{self.name} is a real number: use type float or categorical")
 
     def _check_range(self) -> None:
+        self._check_kind()
         if self.min is None or self.max is None:
             raise ValueError("float and int parameters need min and max")
         if not self.min < self.max:
@@ -177,15 +205,13 @@ class ParameterSpec(SpecModel):
             raise ValueError("a log scale needs min > 0")
         if self.log and self.step is not None and not (self.type == "int" and self.step == 1):
             raise ValueError("log and step cannot be combined (int parameters allow step 1)")
-        if self.type == "int":
-            for key in ("min", "max", "step"):
-                value = getattr(self, key)
-                if value is not None and not float(value).is_integer():
-                    raise ValueError(f"{key} of an int parameter must be a whole number")
+        whole = (v is None or float(v).is_integer() for v in (self.min, self.max, self.step))
+        if self.type == "int" and not all(whole):
+            raise ValueError("min, max and step of an int parameter must be whole numbers")
         if self.step is not None and self.step > self.max - self.min:
             raise ValueError("step must not exceed max - min")
-        _check_trainer_value(self.name, self.min)
-        _check_trainer_value(self.name, self.max)
+        _check_trainer_value(self.name, self.min, BOUND_MESSAGES[self.name])
+        _check_trainer_value(self.name, self.max, BOUND_MESSAGES[self.name])
 
     def grid_values(self) -> list[Any]:
         """Every value an exhaustive grid visits (float parameters need a step)."""
@@ -234,7 +260,7 @@ class PrunerSpec(SpecModel):
 class SecretKeyRef(SpecModel):
     """A key of a Secret in the study's namespace."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    name: DnsSubdomain
     key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "url"
 
 
@@ -295,7 +321,7 @@ class TuningStudySpec(SpecModel):
                 names = ", ".join(missing)
                 raise ValueError(f"algorithm grid needs a step on every float parameter: {names}")
             if self.grid_size() > MAX_GRID:
-                raise ValueError(f"the grid has {self.grid_size()} points, more than {MAX_GRID}")
+                raise ValueError(f"{GRID_MESSAGE}; this one has {self.grid_size()}")
         return self
 
     @property
