@@ -25,6 +25,11 @@ ATTR_EPOCHS = "dmlt.epochs_run"
 ATTR_RUN_ID = "dmlt.mlflow_run_id"
 ATTR_MODEL_URI = "dmlt.model_uri"
 
+# --- datasets -------------------------------------------------------------------------------------
+DatasetName = Literal["synthetic", "synthetic_large", "breast_cancer", "covertype", "file"]
+"""The trainer's datasets: what a TrainingJob's trainer.dataset may name."""
+DATASETS: tuple[str, ...] = get_args(DatasetName)
+
 # --- metrics ----------------------------------------------------------------------------------
 EpochMetric = Literal[
     "val_auc",

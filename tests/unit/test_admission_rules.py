@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
+from dmlt_contract import DATASETS
 from dmlt_operator.core import kube_formats as kf
-from dmlt_operator.trainingjob.spec import DATASETS, SpecError
+from dmlt_operator.trainingjob.spec import SpecError, TrainerSpec
 from dmlt_operator.tuningstudy.spec import parse_study_spec
 from dmlt_trainer import config as trainer_config
 
@@ -107,12 +108,14 @@ def test_operator_messages_are_the_crds(case, obj, field, words):
 
 def test_datasets_are_the_trainers():
     dataset = JOB_SPEC["properties"]["trainer"]["properties"]["dataset"]
-    assert tuple(dataset["enum"]) == trainer_config.DATASETS == DATASETS
+    assert tuple(dataset["enum"]) == DATASETS
+    assert get_args(trainer_config.DataConfig.model_fields["dataset"].annotation) == DATASETS
+    assert get_args(TrainerSpec.model_fields["dataset"].annotation) == DATASETS
     assert dataset["default"] == trainer_config.DataConfig().dataset
 
 
 def test_file_dataset_needs_what_the_trainer_needs():
-    with pytest.raises(trainer_config.ConfigError, match="--data-path FILE and --target COLUMN"):
+    with pytest.raises(trainer_config.ConfigError, match="--data-path FILE and --target-column COLUMN"):
         trainer_config.DataConfig(dataset="file")
     trainer_config.DataConfig(dataset="file", data_path="x.csv", target="y")
     assert admitted(JOB_PLURAL, {"image": "i", "trainer": {"dataset": "file"}})[1]

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import yaml
 from dmlt_contract import (
     EPOCH_METRICS,
+    DatasetName,
     Direction,
     EpochMetric,
     PrunerName,
@@ -37,7 +38,6 @@ from pydantic_core import ErrorDetails
 from dmlt_trainer.errors import ConfigError
 
 Mode = Literal["single", "ddp", "hp_search", "benchmark"]
-DatasetName = Literal["synthetic", "synthetic_large", "breast_cancer", "covertype", "file"]
 Backend = Literal["auto", "gloo", "nccl"]
 CommHook = Literal["none", "fp16", "bf16"]
 HpEngine = Literal["optuna", "ray"]

@@ -124,7 +124,7 @@ def trainer_args(job: str, spec: TrainingJobSpec) -> list[str]:
     if t.data_path is not None:
         args += ["--data-path", t.data_path]
     if t.target is not None:
-        args += ["--target", t.target]
+        args += ["--target-column", t.target]
     return args + list(t.extra_args)
 
 

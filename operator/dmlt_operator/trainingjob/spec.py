@@ -8,8 +8,9 @@ and can say exactly which field is wrong. tests/unit/test_crd_schema.py keeps th
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
+from dmlt_contract import DatasetName
 from dmlt_operator.core import kube_formats as kf
 from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
 from pydantic import (
@@ -30,9 +31,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 BACKENDS = ("auto", "gloo", "nccl")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
-DatasetName = Literal["synthetic", "synthetic_large", "breast_cancer", "covertype", "file"]
-DATASETS = get_args(DatasetName)
-"""The trainer's datasets (dmlt_trainer.config.DATASETS; a unit test keeps them equal)."""
 
 
 def _quantity(value: int | str) -> int | str:
