@@ -374,10 +374,10 @@ COMMANDS: dict[str, Callable[..., int]] = {
 }
 
 
-def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+def run(argv: Sequence[str], out: TextIO = sys.stdout, client: Client | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(list(argv))
-    client = Client(getattr(args, "namespace", None))
+    client = client or Client(getattr(args, "namespace", None))
     if args.command in ("train", "tune"):
         return (cmd_train if args.command == "train" else cmd_tune)(args, rest, client, out)
     if rest:

@@ -18,7 +18,7 @@ from typing import Any
 
 from dmlt import specs
 from dmlt import upstream as up
-from dmlt.errors import DmltError, InvalidSpec
+from dmlt.errors import InvalidSpec, NotFound
 from dmlt.jobs import Job, Study
 from dmlt.kube import Kube, connect
 from dmlt.local import DEFAULT_STORAGE, LocalJob, LocalPaths, LocalStudy
@@ -249,7 +249,7 @@ class Client:
         found = [k for k in kinds if self.kube.find(k, ns, name) is not None]
         if not found:
             what = " or ".join(kinds)
-            raise DmltError(f"no {what} named {name!r} in namespace {ns!r}")
+            raise NotFound(f"no {what} named {name!r} in namespace {ns!r}")
         if len(found) > 1:
             raise InvalidSpec(
                 f"both a TrainingJob and a TuningStudy are named {name!r}: say which (tj/{name} or ts/{name})"

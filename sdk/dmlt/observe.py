@@ -229,6 +229,7 @@ class StudyState:
         parts += [f"{k}={self.counts[k]}" for k in ("running", "pruned", "failed") if self.counts.get(k)]
         if self.best:
             parts.append(f"best=#{self.best.get('number')} {self.objective}={self.best.get('value'):.4f}")
+        parts += [f"t{t.number}@{t.progress}" for t in self.trials if t.state == "Running"]
         return " ".join(parts)
 
 

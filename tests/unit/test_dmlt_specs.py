@@ -41,7 +41,9 @@ def admitted(kind: str, spec: dict[str, Any]) -> bool:
     """Whether the CRD accepts the spec: its OpenAPI schema (types, bounds, enums), then its CEL
     rules on the defaulted object (cel-python, as tests/unit/test_crd_schema.py evaluates them)."""
     schema = spec_schema(kind)
-    return jsonschema.Draft7Validator(schema).is_valid(spec) and not violations(schema, apply_defaults(spec, schema))
+    return jsonschema.Draft7Validator(schema).is_valid(spec) and not violations(
+        schema, apply_defaults(spec, schema)
+    )
 
 
 # --------------------------------------------------------------------------- flags → spec
@@ -49,13 +51,36 @@ def admitted(kind: str, spec: dict[str, Any]) -> bool:
 
 def test_trainer_flags_fill_the_trainer_block_and_the_rest_become_extra_args():
     spec = specs.build_job_spec(
-        cfg("--dataset", "breast_cancer", "--epochs", "7", "--lr", "0.01", "--hidden-dims", "64,32",
-            "--threads", "1", "--no-deterministic", "--grad-clip", "0.5", "--register-model", "bc"),
+        cfg(
+            "--dataset",
+            "breast_cancer",
+            "--epochs",
+            "7",
+            "--lr",
+            "0.01",
+            "--hidden-dims",
+            "64,32",
+            "--threads",
+            "1",
+            "--no-deterministic",
+            "--grad-clip",
+            "0.5",
+            "--register-model",
+            "bc",
+        ),
         specs.ClusterOptions(),
-    )  # fmt: skip
+    )
     t = spec.trainer
     assert (t.dataset, t.epochs, t.lr, t.hidden_dims) == ("breast_cancer", 7, 0.01, [64, 32])
-    assert t.extra_args == ["--grad-clip", "0.5", "--threads", "1", "--no-deterministic", "--register-model", "bc"]
+    assert t.extra_args == [
+        "--grad-clip",
+        "0.5",
+        "--threads",
+        "1",
+        "--no-deterministic",
+        "--register-model",
+        "bc",
+    ]
 
 
 def test_trainer_defaults_are_the_trainers_not_the_specs():
@@ -67,11 +92,28 @@ def test_trainer_defaults_are_the_trainers_not_the_specs():
     "argv",
     [
         ["--dataset", "breast_cancer", "--epochs", "3", "--batch-size", "64", "--threads", "1"],
-        ["--lr", "0.02", "--dropout", "0.3", "--weight-decay", "0.01", "--seed", "7", "--val-fraction", "0.2",
-         "--early-stopping-patience", "2", "--no-log-model", "--bucket-cap-mb", "10", "--comm-hook", "fp16"],
+        [
+            "--lr",
+            "0.02",
+            "--dropout",
+            "0.3",
+            "--weight-decay",
+            "0.01",
+            "--seed",
+            "7",
+            "--val-fraction",
+            "0.2",
+            "--early-stopping-patience",
+            "2",
+            "--no-log-model",
+            "--bucket-cap-mb",
+            "10",
+            "--comm-hook",
+            "fp16",
+        ],
         ["--dataset", "synthetic", "--n-samples", "5000", "--hidden-dims", "128-64", "--eval-every", "2"],
     ],
-)  # fmt: skip
+)
 def test_each_rank_runs_exactly_what_dmlt_train_would(argv):
     """The Pod's argv (the operator's own trainer_args) parses back to the same trainer config."""
     original = cfg(*argv)
@@ -84,7 +126,8 @@ def test_each_rank_runs_exactly_what_dmlt_train_would(argv):
 
 def test_cluster_flags():
     spec = specs.build_job_spec(
-        cfg(), specs.ClusterOptions(replicas=3, procs_per_node=2, image="reg/t:1", cpu="500m", memory="2Gi", gpus=1)
+        cfg(),
+        specs.ClusterOptions(replicas=3, procs_per_node=2, image="reg/t:1", cpu="500m", memory="2Gi", gpus=1),
     )
     assert (spec.replicas, spec.procs_per_node, spec.world_size, spec.image) == (3, 2, 6, "reg/t:1")
     assert spec.resources.requests == {"cpu": "500m", "memory": "2Gi"}
@@ -99,7 +142,16 @@ def test_ddp_world_size_becomes_ranks_per_pod():
 
 def test_tracking_backend_and_rendezvous_settings_go_to_their_spec_fields():
     spec = specs.build_job_spec(
-        cfg("--tracking-uri", "http://mlflow:5000", "--experiment", "exp", "--backend", "gloo", "--timeout-s", "120"),
+        cfg(
+            "--tracking-uri",
+            "http://mlflow:5000",
+            "--experiment",
+            "exp",
+            "--backend",
+            "gloo",
+            "--timeout-s",
+            "120",
+        ),
         specs.ClusterOptions(),
     )
     assert (spec.mlflow.tracking_uri, spec.mlflow.experiment) == ("http://mlflow:5000", "exp")
@@ -121,7 +173,9 @@ def test_names():
 
 
 def test_manifest_is_the_operator_model_and_the_crd_admits_it():
-    spec = specs.build_job_spec(cfg("--epochs", "3", "--threads", "1"), specs.ClusterOptions(replicas=2, cpu="1"))
+    spec = specs.build_job_spec(
+        cfg("--epochs", "3", "--threads", "1"), specs.ClusterOptions(replicas=2, cpu="1")
+    )
     body = specs.manifest(up.KIND, "demo", "team-a", specs.spec_to_dict(spec), queue="gpu-queue")
     assert body["apiVersion"] == up.API_VERSION and body["kind"] == up.KIND
     assert body["metadata"]["namespace"] == "team-a"
@@ -131,15 +185,37 @@ def test_manifest_is_the_operator_model_and_the_crd_admits_it():
 
 
 def test_study_manifest_round_trips_and_the_crd_admits_it():
-    space = {"parameters": [specs.parse_param("lr=float:1e-4:1e-2:log"), specs.parse_param("hidden_dims=choice:32-16,64-32")]}
+    space = {
+        "parameters": [
+            specs.parse_param("lr=float:1e-4:1e-2:log"),
+            specs.parse_param("hidden_dims=choice:32-16,64-32"),
+        ]
+    }
     spec = specs.build_study_spec(
-        cfg("--epochs", "3", "--hp-trials", "6", "--parallel-trials", "2", "--pruner", "hyperband", "--objective", "val_loss",
-            "--direction", "minimize"),
+        cfg(
+            "--epochs",
+            "3",
+            "--hp-trials",
+            "6",
+            "--parallel-trials",
+            "2",
+            "--pruner",
+            "hyperband",
+            "--objective",
+            "val_loss",
+            "--direction",
+            "minimize",
+        ),
         specs.ClusterOptions(),
         space,
         specs.StudyOptions(algorithm="cmaes", registered_model="best", storage_secret="db:uri"),
-    )  # fmt: skip
-    assert (spec.max_trials, spec.parallelism, spec.algorithm.name, spec.pruner.name) == (6, 2, "cmaes", "hyperband")
+    )
+    assert (spec.max_trials, spec.parallelism, spec.algorithm.name, spec.pruner.name) == (
+        6,
+        2,
+        "cmaes",
+        "hyperband",
+    )
     assert (spec.objective.metric, spec.objective.direction) == ("val_loss", "minimize")
     assert (spec.storage.secret_ref.name, spec.storage.secret_ref.key) == ("db", "uri")
     assert spec.template.trainer.epochs == 3 and [p.name for p in spec.parameters] == ["lr", "hiddenDims"]
@@ -168,8 +244,14 @@ def test_space_file_forms(tmp_path):
     "text, param",
     [
         ("lr=float:1e-4:0.01:log", {"name": "lr", "type": "float", "min": 1e-4, "max": 0.01, "log": True}),
-        ("batch_size=int:256:1024:step=256", {"name": "batchSize", "type": "int", "min": 256, "max": 1024, "step": 256}),
-        ("hiddenDims=choice:64-32,128-64", {"name": "hiddenDims", "type": "categorical", "choices": ["64-32", "128-64"]}),
+        (
+            "batch_size=int:256:1024:step=256",
+            {"name": "batchSize", "type": "int", "min": 256, "max": 1024, "step": 256},
+        ),
+        (
+            "hiddenDims=choice:64-32,128-64",
+            {"name": "hiddenDims", "type": "categorical", "choices": ["64-32", "128-64"]},
+        ),
         ("batchSize=choice:256,512", {"name": "batchSize", "type": "categorical", "choices": [256, 512]}),
     ],
 )
@@ -214,11 +296,23 @@ def test_refusals_carry_the_operators_message(argv, cluster):
 @pytest.mark.parametrize(
     "space, fragment",
     [
-        ({"parameters": [{"name": "lr", "type": "float", "min": 0, "max": 0.1, "log": True}]}, "a log scale needs min > 0"),
-        ({"parameters": [{"name": "dropout", "type": "categorical", "choices": [0, 1]}]}, "dropout=1 is not a valid"),
+        (
+            {"parameters": [{"name": "lr", "type": "float", "min": 0, "max": 0.1, "log": True}]},
+            "a log scale needs min > 0",
+        ),
+        (
+            {"parameters": [{"name": "dropout", "type": "categorical", "choices": [0, 1]}]},
+            "dropout=1 is not a valid",
+        ),
         ({"parameters": [{"name": "epochs", "type": "float", "min": 1, "max": 5}]}, "epochs is an integer"),
-        ({"parameters": [{"name": "momentum", "type": "float", "min": 0, "max": 1}]}, "spec.parameters[0].name"),
-        ({"parameters": [{"name": "lr", "type": "float", "min": 0.1, "max": 0.01}]}, "min must be less than max"),
+        (
+            {"parameters": [{"name": "momentum", "type": "float", "min": 0, "max": 1}]},
+            "spec.parameters[0].name",
+        ),
+        (
+            {"parameters": [{"name": "lr", "type": "float", "min": 0.1, "max": 0.01}]},
+            "min must be less than max",
+        ),
     ],
 )
 def test_study_refusals_carry_the_operators_message(space, fragment):
@@ -270,10 +364,16 @@ def test_dry_run_prints_the_object_without_a_cluster(capsys, monkeypatch, tmp_pa
     import io
 
     out = io.StringIO()
-    assert run(["train", "--dry-run", "--name", "d", "--replicas", "2", "--epochs", "3", "--queue", "q"], out) == 0
+    assert (
+        run(["train", "--dry-run", "--name", "d", "--replicas", "2", "--epochs", "3", "--queue", "q"], out)
+        == 0
+    )
     body = yaml.safe_load(out.getvalue())
-    assert body["metadata"] == {"name": "d", "namespace": "default",
-                                "labels": {"app.kubernetes.io/created-by": "dmlt-cli", specs.QUEUE_LABEL: "q"}}  # fmt: skip
+    assert body["metadata"] == {
+        "name": "d",
+        "namespace": "default",
+        "labels": {"app.kubernetes.io/created-by": "dmlt-cli", specs.QUEUE_LABEL: "q"},
+    }
     assert body["spec"]["replicas"] == 2 and body["spec"]["trainer"]["epochs"] == 3
 
 
@@ -283,9 +383,17 @@ def test_dry_run_prints_the_object_without_a_cluster(capsys, monkeypatch, tmp_pa
         (["train", "--dry-run", "--bogus", "1"], "unrecognized arguments: --bogus 1", 2),
         (["train", "--dry-run", "--epochs"], "argument --epochs: expected one argument", 2),
         (["train", "--dry-run", "--replicas", "two"], "argument --replicas: invalid int value", 2),
-        (["train", "--dry-run", "--lr", "11"], "spec.trainer.lr: Input should be less than or equal to 10", 2),
+        (
+            ["train", "--dry-run", "--lr", "11"],
+            "spec.trainer.lr: Input should be less than or equal to 10",
+            2,
+        ),
         (["tune", "--dry-run"], "needs a search space", 2),
-        (["tune", "--dry-run", "--param", "lr=float:1:2", "--storage", "sqlite:///x.db"], "--storage is for --local", 2),
+        (
+            ["tune", "--dry-run", "--param", "lr=float:1:2", "--storage", "sqlite:///x.db"],
+            "--storage is for --local",
+            2,
+        ),
         (["wait", "x", "--timeout", "soon"], "is not a duration", 2),
         (["logs", "a", "b", "c"], "expected [KIND] NAME", 2),
         (["get", "widgets", "x"], "unknown kind 'widgets'", 2),
