@@ -17,16 +17,30 @@ from tests.conftest import cli_env
 
 pytestmark = pytest.mark.integration
 
-SMALL = ["--dataset", "breast_cancer", "--epochs", "3", "--batch-size", "64", "--hidden-dims", "32,16",
-         "--threads", "1"]  # fmt: skip
+SMALL = [
+    "--dataset",
+    "breast_cancer",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "64",
+    "--hidden-dims",
+    "32,16",
+    "--threads",
+    "1",
+]
 ANSI = re.compile(r"\x1b\[")
 
 
 def dmlt(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "dmlt.cli", *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
+        [sys.executable, "-m", "dmlt.cli", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def test_train_local_in_a_pipe(tmp_path):
@@ -53,10 +67,27 @@ def test_train_local_ranks_and_a_failing_run(tmp_path):
     assert "world size 2" in proc.stdout
     log = (tmp_path / ".dmlt/runs/two/output.log").read_text()
     assert log.count('"event": "finished"') == 2 and '"world_size": 2' in log  # two real ranks
-    bad = dmlt(["train", "--local", "--name", "bad", "--dataset", "file", "--data-path", "missing.parquet",
-                "--target", "y", "--no-enabled"], tmp_path)  # fmt: skip
+    bad = dmlt(
+        [
+            "train",
+            "--local",
+            "--name",
+            "bad",
+            "--dataset",
+            "file",
+            "--data-path",
+            "missing.parquet",
+            "--target",
+            "y",
+            "--no-enabled",
+        ],
+        tmp_path,
+    )
     assert bad.returncode == 1, bad.stdout
-    assert "TrainingJob local/bad Failed" in bad.stdout and "reason: exit code 2: dmlt-train: error:" in bad.stdout
+    assert (
+        "TrainingJob local/bad Failed" in bad.stdout
+        and "reason: exit code 2: dmlt-train: error:" in bad.stdout
+    )
 
 
 def test_python_client_local(tmp_path, monkeypatch):
@@ -65,8 +96,14 @@ def test_python_client_local(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for key, value in cli_env().items():
         monkeypatch.setenv(key, value)
-    job = Client().train({"dataset": "breast_cancer", "epochs": 2, "batch_size": 64}, hidden_dims=[16],
-                         threads=1, log_model=False, name="nb", local=True)  # fmt: skip
+    job = Client().train(
+        {"dataset": "breast_cancer", "epochs": 2, "batch_size": 64},
+        hidden_dims=[16],
+        threads=1,
+        log_model=False,
+        name="nb",
+        local=True,
+    )
     assert isinstance(job, LocalJob)
     state = job.wait(timeout=600)
     assert state.phase == "Succeeded" and state.epoch == 2
@@ -78,17 +115,37 @@ def test_python_client_local(tmp_path, monkeypatch):
 
 def test_tune_local(tmp_path):
     proc = dmlt(
-        ["tune", "--local", "--name", "st", *SMALL, "--epochs", "2", "--no-log-model", "--hp-trials", "3",
-         "--pruner", "none", "--param", "lr=float:1e-3:3e-2:log", "--param", "dropout=choice:0.0,0.2"],
+        [
+            "tune",
+            "--local",
+            "--name",
+            "st",
+            *SMALL,
+            "--epochs",
+            "2",
+            "--no-log-model",
+            "--hp-trials",
+            "3",
+            "--pruner",
+            "none",
+            "--param",
+            "lr=float:1e-3:3e-2:log",
+            "--param",
+            "dropout=choice:0.0,0.2",
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout
-    assert f"local study st on sqlite:///optuna.db" in proc.stderr
+    assert "local study st on sqlite:///optuna.db" in proc.stderr
     assert "TuningStudy local/st Succeeded: trials 3/3 (0 pruned, 0 failed)" in out
     table = out[out.index("TRIAL") :].splitlines()
     assert table[0].split() == ["TRIAL", "STATE", "VAL_AUC", "EPOCHS", "PARAMS"]
-    assert [row.split()[:2] for row in table[1:4]] == [["0", "Completed"], ["1", "Completed"], ["2", "Completed"]]
+    assert [row.split()[:2] for row in table[1:4]] == [
+        ["0", "Completed"],
+        ["1", "Completed"],
+        ["2", "Completed"],
+    ]
     best = re.search(r"^best trial (\d): val_auc=(0\.\d+)", out, re.M)
     assert best, out
     values = {row.split()[0]: row.split()[2] for row in table[1:4]}
@@ -104,16 +161,21 @@ def test_live_view_on_a_terminal(tmp_path):
     tmux = shutil.which("tmux")
     assert tmux, "needs tmux (apt-get install tmux) to test the live view on a real terminal"
     session = f"dmlt-{tmp_path.name[-12:]}"
-    env = " ".join(f"{k}={v!s}" for k, v in cli_env().items() if k.startswith(("PYTHON", "MLFLOW", "OMP", "DO_")))
-    command = f"cd {tmp_path} && env {env} {sys.executable} -m dmlt.cli train --local --name tty {' '.join(SMALL)}"
+    env = " ".join(
+        f"{k}={v!s}" for k, v in cli_env().items() if k.startswith(("PYTHON", "MLFLOW", "OMP", "DO_"))
+    )
+    command = (
+        f"cd {tmp_path} && env {env} {sys.executable} -m dmlt.cli train --local --name tty {' '.join(SMALL)}"
+    )
     command += " --no-log-model; echo EXIT=$?; sleep 600"
     subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command], check=True)
     screens: list[str] = []
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            screen = subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True,
-                                    text=True, check=True).stdout  # fmt: skip
+            screen = subprocess.run(
+                [tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
+            ).stdout
             screens.append(screen)
             if "EXIT=" in screen:
                 break
