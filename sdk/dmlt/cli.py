@@ -21,7 +21,7 @@ from dmlt import upstream as up
 from dmlt.client import Client, resolve_kind
 from dmlt.errors import ClusterUnavailable, DmltError, InvalidSpec
 from dmlt.jobs import Job, Study
-from dmlt.local import DEFAULT_STORAGE, LocalJob, LocalPaths, LocalStudy
+from dmlt.local import DEFAULT_STORAGE, RUNS_DIR, LocalJob, LocalPaths, LocalStudy
 from dmlt.observe import JobState, StudyState
 from dmlt.show import describe_job, describe_study, job_summary, study_summary
 
@@ -186,8 +186,49 @@ def _dry_run_namespace(args: argparse.Namespace, client: Client) -> str:
         return "default"
 
 
-def _follow(states: Any, out: TextIO) -> Any:
-    return view.follow(states, out, live=out.isatty())
+def launch(
+    args: argparse.Namespace,
+    client: Client,
+    out: TextIO,
+    kind: str,
+    name: str,
+    spec: Any,
+    start_local: Callable[[], Any],
+) -> Any:
+    """Print the object (--dry-run), start it here (--local) or create it in the cluster.
+    Returns what to follow, or None when there is nothing to follow."""
+    if args.dry_run:
+        body = specs.manifest(
+            kind, name, _dry_run_namespace(args, client), specs.spec_to_dict(spec), args.queue
+        )
+        _print_object(body, args.output or "yaml", out)
+        return None
+    if args.local:
+        target = start_local()
+        print(f"local {kind} {name}: output under {RUNS_DIR}/", file=sys.stderr)
+        return target
+    target = client.submit(kind, name, spec, namespace=args.namespace, queue=args.queue)
+    ref = f"{kind.lower()}.{up.GROUP}/{name}"
+    if args.output == "name":
+        print(ref, file=out)
+    elif args.output:
+        _print_object(target.object(), args.output, out)
+    else:
+        print(f"{ref} created in namespace {target.namespace}", file=out, flush=True)
+    return None if args.detach else target
+
+
+def follow_to_end(
+    target: Any, args: argparse.Namespace, out: TextIO, summary: Callable[..., list[str]]
+) -> int:
+    """Follow until the end (live on a terminal, plain lines in a pipe), then the summary; the
+    exit code follows the object."""
+    if view.follow(target.watch(timeout=args.timeout), out, live=out.isatty()) is None:
+        return 1
+    state = target.state()
+    for line in summary(target, state):
+        print(line, file=out)
+    return 0 if state.phase == "Succeeded" else 1
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str], client: Client, out: TextIO) -> int:
@@ -195,44 +236,27 @@ def cmd_train(args: argparse.Namespace, rest: list[str], client: Client, out: Te
     spec = specs.build_job_spec(cfg, _cluster_options(args, client), local=args.local)
     name = specs.job_name(args.name, cfg)
     specs.check_name(up.KIND, name)
-    if args.dry_run:
-        ns = _dry_run_namespace(args, client)
-        _print_object(
-            specs.manifest(up.KIND, name, ns, specs.spec_to_dict(spec), args.queue),
-            args.output or "yaml",
-            out,
-        )
-        return 0
-    if args.local:
-        job: Job | LocalJob = LocalJob(name, spec, LocalPaths.default(cfg=cfg)).start()
-        print(f"local run {name}: {job.log_file}", file=sys.stderr)
-    else:
-        job = client.submit_job(name, spec, namespace=args.namespace, queue=args.queue)
-        if args.output:
-            _print_object(job.object(), args.output, out) if args.output != "name" else print(
-                f"trainingjob.{up.GROUP}/{name}", file=out
-            )
-        else:
-            print(f"trainingjob.{up.GROUP}/{name} created in namespace {job.namespace}", file=out, flush=True)
-        if args.detach:
-            return 0
-    return finish_job(job, _follow(job.watch(timeout=args.timeout), out), out)
+    job = launch(
+        args,
+        client,
+        out,
+        up.KIND,
+        name,
+        spec,
+        lambda: LocalJob(name, spec, LocalPaths.default(cfg=cfg)).start(),
+    )
+    return 0 if job is None else follow_to_end(job, args, out, job_summary)
 
 
-def finish_job(job: Job | LocalJob, last: JobState | None, out: TextIO) -> int:
-    if last is None:
-        return 1
-    state = job.state()
-    for line in job_summary(job, state):
-        print(line, file=out)
-    return 0 if state.phase == "Succeeded" else 1
+def _space(args: argparse.Namespace) -> dict[str, Any]:
+    space = specs.load_space(args.space) if args.space else {}
+    if args.param:
+        space = {**space, "parameters": [*space.get("parameters", []), *map(specs.parse_param, args.param)]}
+    return space
 
 
 def cmd_tune(args: argparse.Namespace, rest: list[str], client: Client, out: TextIO) -> int:
     cfg = _trainer_config(rest)
-    space = specs.load_space(args.space) if args.space else {}
-    if args.param:
-        space = {**space, "parameters": [*space.get("parameters", []), *map(specs.parse_param, args.param)]}
     options = specs.StudyOptions(
         algorithm=args.algorithm,
         max_trials=args.max_trials,
@@ -246,34 +270,19 @@ def cmd_tune(args: argparse.Namespace, rest: list[str], client: Client, out: Tex
             "--storage is for --local studies; on a cluster the URL comes from a Secret: "
             "--storage-secret NAME[:KEY]"
         )
-    spec = specs.build_study_spec(cfg, _cluster_options(args, client), space, options, local=args.local)
+    spec = specs.build_study_spec(
+        cfg, _cluster_options(args, client), _space(args), options, local=args.local
+    )
     name = specs.job_name(args.name, cfg, prefix="tune")
     specs.check_name(up.STUDY_KIND, name)
-    if args.dry_run:
-        ns = _dry_run_namespace(args, client)
-        _print_object(
-            specs.manifest(up.STUDY_KIND, name, ns, specs.spec_to_dict(spec), args.queue),
-            args.output or "yaml",
-            out,
-        )
-        return 0
-    if args.local:
-        study: Study | LocalStudy = LocalStudy(
-            name, spec, cfg.hpo.storage or DEFAULT_STORAGE, LocalPaths.default(cfg=cfg)
-        )
-        print(f"local study {name} on {study.storage}", file=sys.stderr)
-    else:
-        study = client.submit_study(name, spec, namespace=args.namespace, queue=args.queue)
-        print(f"tuningstudy.{up.GROUP}/{name} created in namespace {study.namespace}", file=out, flush=True)
-        if args.detach:
-            return 0
-    last = _follow(study.watch(timeout=args.timeout), out)
-    state = study.state() if last is not None else None
-    if state is None:
-        return 1
-    for line in study_summary(study, state):
-        print(line, file=out)
-    return 0 if state.phase == "Succeeded" else 1
+    storage = cfg.hpo.storage or DEFAULT_STORAGE
+
+    def start_local() -> LocalStudy:
+        print(f"local study {name} on {storage}", file=sys.stderr)
+        return LocalStudy(name, spec, storage, LocalPaths.default(cfg=cfg))
+
+    study = launch(args, client, out, up.STUDY_KIND, name, spec, start_local)
+    return 0 if study is None else follow_to_end(study, args, out, study_summary)
 
 
 # --------------------------------------------------------------------------- get / describe
@@ -315,11 +324,15 @@ def cmd_get(args: argparse.Namespace, client: Client, out: TextIO) -> int:
     return 0
 
 
-def cmd_describe(args: argparse.Namespace, client: Client, out: TextIO) -> int:
+def _target(args: argparse.Namespace, client: Client) -> Job | Study:
     kind, name = split_target(args.target)
     if not name:
-        raise InvalidSpec("describe needs a NAME")
-    target = client.find(name, kind, args.namespace)
+        raise InvalidSpec(f"{args.command} needs a NAME")
+    return client.find(name, kind, args.namespace)
+
+
+def cmd_describe(args: argparse.Namespace, client: Client, out: TextIO) -> int:
+    target = _target(args, client)
     events = client.kube.events(target.namespace, target.kind, target.name)
     lines = describe_job(target, events) if isinstance(target, Job) else describe_study(target, events)
     print("\n".join(lines), file=out)
@@ -327,13 +340,6 @@ def cmd_describe(args: argparse.Namespace, client: Client, out: TextIO) -> int:
 
 
 # --------------------------------------------------------------------------- logs / wait / delete
-
-
-def _target(args: argparse.Namespace, client: Client) -> Job | Study:
-    kind, name = split_target(args.target)
-    if not name:
-        raise InvalidSpec(f"{args.command} needs a NAME")
-    return client.find(name, kind, args.namespace)
 
 
 def cmd_logs(args: argparse.Namespace, client: Client, out: TextIO) -> int:
@@ -357,11 +363,9 @@ def cmd_wait(args: argparse.Namespace, client: Client, out: TextIO) -> int:
 
 
 def cmd_delete(args: argparse.Namespace, client: Client, out: TextIO) -> int:
-    kind, name = split_target(args.target)
-    if not name:
-        raise InvalidSpec("delete needs a NAME")
-    deleted = client.delete(name, kind, args.namespace)
-    print(f"{deleted.lower()}.{up.GROUP}/{name} deleted", file=out)
+    target = _target(args, client)
+    target.delete()
+    print(f"{target.kind.lower()}.{up.GROUP}/{target.name} deleted", file=out)
     return 0
 
 

@@ -123,10 +123,25 @@ class Client:
 
     # ---- submitting
 
-    def _cluster(self, **options: Any) -> specs.ClusterOptions:
-        options.setdefault("image", None)
-        options["image"] = options["image"] or self.image
-        return specs.ClusterOptions(**{k: v for k, v in options.items() if v is not None})
+    def _cluster(
+        self,
+        replicas: int | None,
+        procs_per_node: int | None,
+        image: str | None,
+        cpu: str | None,
+        memory: str | None,
+        gpus: int,
+        queue: str | None,
+    ) -> specs.ClusterOptions:
+        return specs.ClusterOptions(
+            replicas=replicas,
+            procs_per_node=procs_per_node,
+            image=image or self.image,
+            cpu=cpu,
+            memory=memory,
+            gpus=gpus,
+            queue=queue,
+        )
 
     def train(
         self,
@@ -152,31 +167,29 @@ class Client:
         on this machine (one process, or local ranks when replicas x procs_per_node > 1).
         """
         cfg = trainer_config(config, **trainer)
-        cluster = self._cluster(
-            replicas=replicas,
-            procs_per_node=procs_per_node,
-            image=image,
-            cpu=cpu,
-            memory=memory,
-            gpus=gpus,
-            queue=queue,
-        )
+        cluster = self._cluster(replicas, procs_per_node, image, cpu, memory, gpus, queue)
         spec = specs.build_job_spec(cfg, cluster, local=local)
         job_name = specs.job_name(name, cfg)
         specs.check_name(up.KIND, job_name)
         if local:
             return LocalJob(job_name, spec, LocalPaths.default(local_dir, cfg)).start()
-        return self.submit_job(job_name, spec, namespace=namespace, queue=queue)
+        return self.submit(up.KIND, job_name, spec, namespace=namespace, queue=queue)
 
-    def submit_job(
-        self, name: str, spec: up.TrainingJobSpec, *, namespace: str | None = None, queue: str | None = None
-    ) -> Job:
-        """Create a TrainingJob from a validated spec."""
+    def submit(
+        self,
+        kind: str,
+        name: str,
+        spec: up.TrainingJobSpec | up.TuningStudySpec,
+        *,
+        namespace: str | None = None,
+        queue: str | None = None,
+    ) -> Job | Study:
+        """Create a TrainingJob or TuningStudy from a validated spec, after checking that the
+        cluster has the CRD and an operator serving the namespace."""
         ns = namespace or self.namespace
-        self._preflight(up.KIND, ns)
-        body = specs.manifest(up.KIND, name, ns, specs.spec_to_dict(spec), queue)
-        self.kube.create(up.KIND, body)
-        return Job(self.kube, ns, name)
+        self._preflight(kind, ns)
+        self.kube.create(kind, specs.manifest(kind, name, ns, specs.spec_to_dict(spec), queue))
+        return Job(self.kube, ns, name) if kind == up.KIND else Study(self.kube, ns, name)
 
     def tune(
         self,
@@ -204,30 +217,13 @@ class Client:
         `parallel_trials`, ...) set the study's; `options` the rest. With `local=True` the study
         runs here on SQLite (`storage`), one trial at a time, while it is waited on."""
         cfg = trainer_config(config, **trainer)
-        cluster = self._cluster(
-            replicas=replicas,
-            procs_per_node=procs_per_node,
-            image=image,
-            cpu=cpu,
-            memory=memory,
-            gpus=gpus,
-            queue=queue,
-        )
+        cluster = self._cluster(replicas, procs_per_node, image, cpu, memory, gpus, queue)
         spec = specs.build_study_spec(cfg, cluster, load_space(space), options or specs.StudyOptions(), local)
         study_name = specs.job_name(name, cfg, prefix="tune")
         specs.check_name(up.STUDY_KIND, study_name)
         if local:
             return LocalStudy(study_name, spec, storage, LocalPaths.default(local_dir, cfg))
-        return self.submit_study(study_name, spec, namespace=namespace, queue=queue)
-
-    def submit_study(
-        self, name: str, spec: up.TuningStudySpec, *, namespace: str | None = None, queue: str | None = None
-    ) -> Study:
-        ns = namespace or self.namespace
-        self._preflight(up.STUDY_KIND, ns)
-        body = specs.manifest(up.STUDY_KIND, name, ns, specs.spec_to_dict(spec), queue)
-        self.kube.create(up.STUDY_KIND, body)
-        return Study(self.kube, ns, name)
+        return self.submit(up.STUDY_KIND, study_name, spec, namespace=namespace, queue=queue)
 
     # ---- finding
 

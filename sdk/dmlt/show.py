@@ -126,16 +126,22 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
+def _header(kind: str, state: JobState | StudyState) -> list[str]:
+    message = f" ({state.message})" if state.message else ""
+    return [
+        f"Name:        {state.name}",
+        f"Namespace:   {state.namespace}",
+        f"Kind:        {kind}",
+        f"Phase:       {state.phase or '-'}{message}",
+    ]
+
+
 def describe_job(job: Job, events: Sequence[Any]) -> list[str]:
     obj = job.object()
     state = JobState.from_object(obj)
     spec = obj.get("spec") or {}
     trainer = spec.get("trainer") or {}
-    lines = [
-        f"Name:        {state.name}",
-        f"Namespace:   {state.namespace}",
-        f"Kind:        {job.kind}",
-        f"Phase:       {state.phase or '-'}" + (f" ({state.message})" if state.message else ""),
+    lines = _header(job.kind, state) + [
         f"Image:       {spec.get('image')}",
         f"World:       {spec.get('replicas', 1)} Pod(s) x {spec.get('procsPerNode', 1)} rank(s), "
         f"backend {spec.get('backend', 'auto')}",
@@ -173,11 +179,7 @@ def describe_study(study: Study, events: Sequence[Any]) -> list[str]:
     state = study.state()
     obj = study.object()
     spec = obj.get("spec") or {}
-    lines = [
-        f"Name:        {state.name}",
-        f"Namespace:   {state.namespace}",
-        f"Kind:        {study.kind}",
-        f"Phase:       {state.phase or '-'}" + (f" ({state.message})" if state.message else ""),
+    lines = _header(study.kind, state) + [
         f"Objective:   {state.direction} {state.objective}",
         f"Algorithm:   {state.algorithm}   Pruner: {(spec.get('pruner') or {}).get('name', 'median')}",
         f"Trials:      {state.trials_done or '-'} ({format_params(state.counts) or '-'}), "

@@ -207,12 +207,16 @@ def job_spec_dict(cfg: up.RunConfig, cluster: ClusterOptions, skip: Sequence[str
     return spec
 
 
-def validate_job_spec(raw: Mapping[str, Any]) -> up.TrainingJobSpec:
+def _validated(parse: Any, raw: Mapping[str, Any]) -> Any:
     """The operator's model of the spec; InvalidSpec with the operator's message otherwise."""
     try:
-        return up.parse_spec(dict(raw))
+        return parse(dict(raw))
     except up.SpecError as exc:
         raise InvalidSpec(str(exc)) from None
+
+
+def validate_job_spec(raw: Mapping[str, Any]) -> up.TrainingJobSpec:
+    return _validated(up.parse_spec, raw)
 
 
 def build_job_spec(cfg: up.RunConfig, cluster: ClusterOptions, local: bool = False) -> up.TrainingJobSpec:
@@ -383,10 +387,7 @@ def study_spec_dict(
 
 
 def validate_study_spec(raw: Mapping[str, Any]) -> up.TuningStudySpec:
-    try:
-        return up.parse_study_spec(dict(raw))
-    except up.SpecError as exc:
-        raise InvalidSpec(str(exc)) from None
+    return _validated(up.parse_study_spec, raw)
 
 
 def build_study_spec(
