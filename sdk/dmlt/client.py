@@ -48,7 +48,7 @@ def trainer_config(config: TrainerConfig = None, **overrides: Any) -> up.RunConf
     """The trainer's RunConfig from any TrainerConfig form, with field overrides."""
     try:
         if isinstance(config, up.RunConfig):
-            values: dict[str, Any] = config.to_dict()
+            values: dict[str, Any] = up.trainer_values(config)
         elif isinstance(config, str | os.PathLike):
             return up.trainer_parse_argv(["--config", str(config), *_override_flags(overrides)])
         else:

@@ -346,3 +346,19 @@ def test_describe_and_wait_and_delete(fake):
     assert code == 0 and fake.deleted == [f"{up.KIND}/j"]
     with pytest.raises(NotFound):
         cli(fake, "delete", "tj", "nope")
+
+
+def test_views_leave_no_thread_behind():
+    import threading
+
+    from dmlt import view
+
+    states = [JobState.from_object(job_obj(epoch=e)) for e in (1, 2)]
+    states.append(JobState.from_object(job_obj(phase="Succeeded", epoch=5)))
+    before = threading.active_count()
+    live, plain = io.StringIO(), io.StringIO()
+    assert view.follow(iter(states), live, live=True) is states[-1]
+    assert view.follow(iter(states), plain, live=False) is states[-1]
+    assert threading.active_count() == before
+    assert "TrainingJob ns/j" in live.getvalue() and "epoch 5/5" in live.getvalue()
+    assert plain.getvalue().splitlines() == [s.line() for s in states]
