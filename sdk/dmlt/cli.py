@@ -11,9 +11,11 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
+import urllib3
 import yaml
 
 from dmlt import specs, view
@@ -390,6 +392,8 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, client: Client | None = N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A kubeconfig with insecure-skip-tls-verify asked for it; kubectl does not warn either.
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except DmltError as exc:
