@@ -5,15 +5,25 @@ when a command refuses."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 
 from tests.conftest import cli_env
-from tests.integration.test_operator_apiserver import NS, cluster  # noqa: F401 - the fixture
+from tests.integration.test_operator_apiserver import (  # noqa: F401 - fixtures
+    NS,
+    cluster,
+    operator,
+    play_kubelet,
+    pods_of,
+    wait_pods,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -60,6 +70,65 @@ def test_not_found_is_one_line(cluster):  # noqa: F811
     admin = cluster["work"] / "admin.kubeconfig"
     proc = dmlt(admin, "get", "tj", "no-such-job", "-n", NS)
     one_line(proc, 3, f"no TrainingJob named 'no-such-job' in namespace '{NS}'")
+
+
+def test_train_follows_a_job_the_operator_runs(cluster, operator):  # noqa: F811
+    """The real operator (a process) and the apiserver, this test playing kubelet and
+    controller-manager: `dmlt train` follows to Succeeded and exits 0; meanwhile `dmlt wait`
+    times out with 124, then sees Running; `get` shows the job."""
+    admin = cluster["work"] / "admin.kubeconfig"
+    apps = kubernetes.client.AppsV1Api(cluster["api"])
+    apps.patch_namespaced_deployment_status(
+        "dmlt-operator", "dmlt", {"status": {"replicas": 1, "readyReplicas": 1}}
+    )
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dmlt.cli",
+            "train",
+            "-n",
+            NS,
+            "--name",
+            "cli",
+            "--replicas",
+            "2",
+            "--epochs",
+            "2",
+        ],
+        env=cli_env(KUBECONFIG=str(admin)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_pods(cluster, "cli", 2, attempt=0, timeout=60)
+        started = time.monotonic()
+        one_line(
+            dmlt(admin, "wait", "tj/cli", "-n", NS, "--timeout", "3s"),
+            124,
+            f"timed out after 3 s waiting for TrainingJob {NS}/cli",
+        )
+        assert 3 <= time.monotonic() - started < 60
+        for pod in pods_of(cluster, "cli"):
+            play_kubelet(cluster, pod, "running")
+        waited = dmlt(admin, "wait", "cli", "-n", NS, "--for", "Running", "--timeout", "60s")
+        assert (waited.returncode, waited.stdout) == (0, "trainingjob.dmlt.io/cli Running\n"), waited.stderr
+        got = dmlt(admin, "get", "tj", "-n", NS)
+        assert re.search(r"^cli\s+Running\s+2/2\s", got.stdout, re.M), got.stdout
+        for pod in pods_of(cluster, "cli"):
+            play_kubelet(cluster, pod, "succeeded")
+        out, err = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, out + err
+    lines = out.splitlines()
+    assert lines[0] == f"trainingjob.dmlt.io/cli created in namespace {NS}"
+    assert any(line.startswith("cli: Running ready=2/2") for line in lines), out
+    assert f"TrainingJob {NS}/cli Succeeded: world size 2, 0 restart(s)" in out
+    deleted = dmlt(admin, "delete", "tj/cli", "-n", NS)
+    assert deleted.stdout == "trainingjob.dmlt.io/cli deleted\n", deleted.stderr
 
 
 def test_no_crd(cluster):  # noqa: F811
