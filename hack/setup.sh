@@ -9,8 +9,8 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-# EXTRAS lets CI or a user add optional engines, e.g. EXTRAS=operator,dev (no ray)
-.venv/bin/python -m pip install --quiet -e ".[${EXTRAS:-operator,dev,ray}]"
+# EXTRAS lets CI or a user add optional engines, e.g. EXTRAS=operator,cli,dev (no ray)
+.venv/bin/python -m pip install --quiet -e ".[${EXTRAS:-operator,cli,dev,ray}]"
 # Test prerequisites beyond Python, built from upstream source (Go module proxy) into a cache
 # outside the clone, keyed by version: helm for the chart tests; kube-apiserver and etcd for the
 # operator-against-a-real-apiserver test. Cold: ~30 min on 2 cores; warm: seconds.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.apiserver import run_operator, start_cluster
 from tests.helpers.postgres_server import PostgresServer, PostgresUnavailable
 
 
@@ -80,3 +81,15 @@ def postgres():
         pytest.fail(str(exc))
     with server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A real kube-apiserver + etcd (no kubelet) with the chart's CRDs and RBAC, per test module."""
+    yield from start_cluster(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster):
+    """The operator process against `cluster`, as the chart's ServiceAccount."""
+    yield from run_operator(cluster)

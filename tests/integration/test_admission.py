@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.admission_cases import INVALID, JOB_PLURAL, VALID, operator_parses
-from tests.integration.test_operator_apiserver import NS, cluster  # noqa: F401  (the fixture)
+from tests.helpers.apiserver import NS
 
 pytestmark = [
     pytest.mark.integration,
