@@ -303,7 +303,7 @@ def test_refusals_carry_the_operators_message(argv, cluster):
         ),
         (
             {"parameters": [{"name": "dropout", "type": "categorical", "choices": [0, 1]}]},
-            "dropout=1 is not a valid",
+            "dropout choices must be numbers in [0, 1)",
         ),
         ({"parameters": [{"name": "epochs", "type": "float", "min": 1, "max": 5}]}, "epochs is an integer"),
         (
