@@ -1,6 +1,8 @@
 # dmlt container images.
 #   --target trainer   the DDP trainer (dmlt-train; torch and the rest of the project's dependencies)
 #   --target operator  the kopf operator (dmlt-operator; only the `operator` extra, no torch)
+#   --target dashboard optuna-dashboard for the study database (dmlt-dashboard; the pinned
+#                      hack/dashboard/requirements.txt, none of the project's code)
 #
 # BASE_IMAGE is any Debian-like image with python3 >= 3.11, venv and pip. With internet access
 # the default python:3.11-slim is pulled; hack/cluster.sh passes a base made locally with
@@ -65,3 +67,17 @@ RUN cd /tmp/src && { [ -f README.md ] || echo "# dmlt" > README.md; } \
 USER 10001:10001
 WORKDIR /home/dmlt
 CMD ["dmlt-train"]
+
+# optuna-dashboard, the Optuna project's web UI, with the PostgreSQL driver: exact pins only
+# (hack/dashboard/requirements.txt). The chart's Deployment gives it the storage URL.
+FROM base AS dashboard
+COPY hack/dashboard/requirements.txt /tmp/requirements.txt
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
+    { pip install --no-cache-dir --no-index --find-links /wheels -r /tmp/requirements.txt \
+      || pip install --no-cache-dir -r /tmp/requirements.txt; } \
+ && rm -f /tmp/requirements.txt
+USER 10001:10001
+WORKDIR /home/dmlt
+EXPOSE 8080
+CMD ["optuna-dashboard", "--help"]

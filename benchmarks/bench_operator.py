@@ -46,8 +46,12 @@ sys.path.insert(0, str(ROOT))
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
-from tests.e2e import operator_fixtures as of  # noqa: E402
+from tests.helpers.chart import Dmlt, install  # noqa: E402
 from tests.helpers.helm_binary import find_helm  # noqa: E402
+from tests.helpers.jobs import diagnose, job_manifest, pods_by_rank  # noqa: E402
+from tests.helpers.kube import timestamped_events, try_pod_log  # noqa: E402
+from tests.helpers.names import TRAINER_CONTAINER  # noqa: E402
+from tests.helpers.waiting import wait_for  # noqa: E402
 
 RESULTS = HERE / "results" / "operator.json"
 POLL_S = 0.25
@@ -89,14 +93,14 @@ def connect() -> client.ApiClient:
 
 def _started(pod: client.V1Pod) -> bool:
     for cs in pod.status.container_statuses or []:
-        if cs.name == of.TRAINER_CONTAINER and cs.state and (cs.state.running or cs.state.terminated):
+        if cs.name == TRAINER_CONTAINER and cs.state and (cs.state.running or cs.state.terminated):
             return True
     return False
 
 
 def _container_started_at(pod: client.V1Pod) -> datetime | None:
     for cs in pod.status.container_statuses or []:
-        if cs.name != of.TRAINER_CONTAINER or not cs.state:
+        if cs.name != TRAINER_CONTAINER or not cs.state:
             continue
         if cs.state.running:
             return cs.state.running.started_at
@@ -105,7 +109,7 @@ def _container_started_at(pod: client.V1Pod) -> datetime | None:
     return None
 
 
-def run_job(dmlt: of.Dmlt, name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_job(dmlt: Dmlt, name: str, args: argparse.Namespace) -> dict[str, Any]:
     trainer = {
         "dataset": "synthetic",
         "nSamples": args.samples,
@@ -114,7 +118,7 @@ def run_job(dmlt: of.Dmlt, name: str, args: argparse.Namespace) -> dict[str, Any
         "hiddenDims": [64, 32],
         "dropout": 0.1,
     }
-    manifest = of.job_manifest(
+    manifest = job_manifest(
         name,
         trainer=trainer,
         checkpoint={"emptyDir": {}},
@@ -154,7 +158,7 @@ def run_job(dmlt: of.Dmlt, name: str, args: argparse.Namespace) -> dict[str, Any
     row["restarts"] = int(status.get("restarts") or 0)
     row["attempt"] = int(status.get("attempt") or 0)
 
-    pods = of.pods_by_rank(dmlt.pods(name))
+    pods = pods_by_rank(dmlt.pods(name))
     row["container_restarts"] = sum(
         cs.restart_count for p in pods.values() for cs in p.status.container_statuses or []
     )
@@ -162,8 +166,8 @@ def run_job(dmlt: of.Dmlt, name: str, args: argparse.Namespace) -> dict[str, Any
     if len(starts) == args.replicas:
         row["apply_to_last_container_start_s"] = max(s.timestamp() for s in starts) - apply_wall
     if 0 in pods:
-        log = of.try_pod_log(dmlt.core, dmlt.namespace, pods[0].metadata.name, timestamps=True)
-        epochs = of.timestamped_events(log, "epoch")
+        log = try_pod_log(dmlt.core, dmlt.namespace, pods[0].metadata.name, timestamps=True)
+        epochs = timestamped_events(log, "epoch")
         if epochs:
             stamp, event = epochs[0]
             metrics = event.get("metrics") or {}
@@ -174,10 +178,10 @@ def run_job(dmlt: of.Dmlt, name: str, args: argparse.Namespace) -> dict[str, Any
             )
             row["first_epoch_time_s"] = metrics.get("epoch_time_s")
     if row.get("phase") != "Succeeded":
-        row["diagnosis"] = of.diagnose(dmlt, name)
+        row["diagnosis"] = diagnose(dmlt, name)
 
     dmlt.delete_job(name)
-    of.wait_for(
+    wait_for(
         lambda: dmlt.get_job(name) is None and not dmlt.pods(name),
         180,
         f"job {name} and its Pods to be deleted",
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     token = uuid.uuid4().hex[:5]
     own_namespace = args.namespace is None
     ns = args.namespace or f"bench-operator-{token}"
-    dmlt: of.Dmlt | None = None
+    dmlt: Dmlt | None = None
     rows: list[dict[str, Any]] = []
     try:
         if own_namespace:
@@ -239,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             if helm is None:
                 sys.exit("helm not found: set HELM, put helm on PATH, or run `bash hack/setup.sh`")
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-            of.wait_for(lambda: core.read_namespaced_service_account("default", ns), 60, "default SA")
-            dmlt = of.install(api, ns, helm, release=f"dmlt-bench-{token}")
+            wait_for(lambda: core.read_namespaced_service_account("default", ns), 60, "default SA")
+            dmlt = install(api, ns, helm, release=f"dmlt-bench-{token}")
         else:
-            dmlt = of.Dmlt(api, ns, release="", helm="", storage_class=None, node=of.ready_node(api))
+            dmlt = Dmlt(api, ns, release="", helm="", storage_class="")
         for i in range(args.jobs):
             name = f"bench-{token}-{i:02d}"
             row = run_job(dmlt, name, args)

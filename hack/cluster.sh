@@ -2,11 +2,14 @@
 # A real single-node Kubernetes for dmlt's e2e tests, built from upstream source.
 #
 #   hack/cluster.sh up          install packages, build (cached) and start the cluster, load images
+#   hack/cluster.sh env         print the shell lines that put helm and the cluster's kubectl on
+#                               PATH and set KUBECONFIG: eval "$(hack/cluster.sh env)"
 #   hack/cluster.sh down        stop everything `up` started; remove its network rules, mounts, state
-#   hack/cluster.sh status      processes, node and system pods
+#   hack/cluster.sh status      processes, node, system pods and the StorageClass
 #   hack/cluster.sh kubeconfig  print the admin kubeconfig path (export KUBECONFIG=$(... kubeconfig))
 #   hack/cluster.sh images      build the project images (content-hash cached) and load them
-#   hack/cluster.sh tools       build helm and kind (for the kind path) into the cache
+#   hack/cluster.sh tools       build every pinned tool (Kubernetes, CoreDNS, helm, kind,
+#                               local-path-provisioner) into the cache
 #   hack/cluster.sh logs [NAME] list component logs, or tail one
 #   hack/cluster.sh kubectl ... the cluster's kubectl with the admin kubeconfig
 #
@@ -34,6 +37,14 @@ SOCK="$CTRD_STATE/containerd.sock"
 CNI_CONF_DIR="$STATE/cni/net.d"
 CNI_BIN_DIR=/usr/lib/cni
 KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
+# helm and the cluster's kubectl, linked here for `env` (under $STATE: gone with the cluster)
+TOOLS_DIR="$STATE/bin"
+HELM="$CACHE/helm/$HELM_VERSION/bin/helm"
+# dynamic volumes: the default StorageClass and the host directory its volumes live in
+STORAGE_CLASS=standard
+LOCAL_PATH_DIR="$STATE/local-path-provisioner"
+# the Debian base image (hack/cluster/images.sh): the DNS check and the volume helper Pods
+BASE_IMAGE=localhost/dmlt-base:bookworm
 
 NODE_NAME="$(hostname | tr '[:upper:]' '[:lower:]')"
 SERVICE_CIDR=10.96.0.0/16
@@ -487,7 +498,7 @@ spec:
   automountServiceAccountToken: false
   containers:
   - name: check
-    image: localhost/dmlt-base:bookworm
+    image: $BASE_IMAGE
     imagePullPolicy: IfNotPresent
     command: ["python3", "-c"]
     args:
@@ -518,26 +529,78 @@ EOF
   kctl delete pod "$name" --wait=false >/dev/null
 }
 
+deploy_local_path() {
+  local image
+  image="$(DMLT_CONTAINERD_SOCK="$SOCK" DMLT_CACHE_DIR="$CACHE" "$LIB/local-path.sh" image)"
+  log "deploying local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION (default StorageClass $STORAGE_CLASS, volumes under $LOCAL_PATH_DIR)"
+  mkdir -p "$LOCAL_PATH_DIR"
+  sed -e "s#@IMAGE@#$image#" -e "s#@HELPER_IMAGE@#$BASE_IMAGE#" -e "s#@DATA_DIR@#$LOCAL_PATH_DIR#" \
+    "$LIB/local-path-storage.yaml" | kctl apply -f - >/dev/null
+  if ! kctl -n local-path-storage rollout status deployment/local-path-provisioner --timeout=120s >/dev/null; then
+    kctl -n local-path-storage get pods -o wide >&2 || true
+    die "local-path-provisioner did not become ready within 120s (kubectl -n local-path-storage logs deploy/local-path-provisioner)"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# the user's shell: helm, kubectl and a kubeconfig
+
+# install_user_tools: link helm and kubectl into $TOOLS_DIR; with sudo, give the calling user a
+# kubeconfig of their own (the admin one is root's, mode 600)
+install_user_tools() {
+  [[ -x "$HELM" ]] || die "helm $HELM_VERSION missing at $HELM (build it: hack/cluster/build-tools.sh helm)"
+  mkdir -p "$TOOLS_DIR"
+  ln -sfn "$BIN/kubectl" "$TOOLS_DIR/kubectl"
+  ln -sfn "$HELM" "$TOOLS_DIR/helm"
+  if [[ -n "${SUDO_UID:-}" && "$SUDO_UID" != 0 ]]; then
+    install -m 600 -o "$SUDO_UID" -g "${SUDO_GID:-$SUDO_UID}" "$KUBECONFIG_ADMIN" "$(user_kubeconfig "$SUDO_UID")"
+  fi
+}
+
+user_kubeconfig() { echo "$STATE/kubeconfig-$1"; }  # user_kubeconfig UID
+
+# the kubeconfig the caller can read: root's admin one, or the copy `sudo ... up` made for them
+caller_kubeconfig() {
+  if [[ -r "$KUBECONFIG_ADMIN" ]]; then echo "$KUBECONFIG_ADMIN"
+  elif [[ -r "$(user_kubeconfig "$EUID")" ]]; then user_kubeconfig "$EUID"
+  else return 1; fi
+}
+
+cmd_env() {
+  local kubeconfig
+  if ! kubeconfig="$(caller_kubeconfig)" || [[ ! -x "$TOOLS_DIR/kubectl" ]] \
+      || ! "$TOOLS_DIR/kubectl" --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
+    echo "hack/cluster.sh env: the local cluster is not up (start it with: sudo hack/cluster.sh up)" >&2
+    return 1
+  fi
+  printf 'export PATH="%s:$PATH"\n' "$TOOLS_DIR"
+  printf 'export KUBECONFIG="%s"\n' "$kubeconfig"
+}
+
 # ---------------------------------------------------------------------------------------------
 # builds
 
-tools_built() { [[ -f "$CACHE/k8s/$K8S_VERSION/.done" && -f "$CACHE/coredns/$COREDNS_VERSION/.done" ]]; }
+# what `up` needs: the cluster, its DNS, its volume provisioner, and helm for the user
+UP_TOOLS=(k8s coredns local-path helm)
+tools_built() {
+  [[ -f "$CACHE/k8s/$K8S_VERSION/.done" && -f "$CACHE/coredns/$COREDNS_VERSION/.done" \
+    && -f "$CACHE/local-path-provisioner/$LOCAL_PATH_PROVISIONER_VERSION/.done" \
+    && -f "$CACHE/helm/$HELM_VERSION/.done" ]]
+}
 
-start_tool_build() {  # background: Kubernetes + CoreDNS (the long pole), then helm + kind
+start_tool_build() {  # background: Kubernetes (the long pole), CoreDNS, the provisioner, helm
   mkdir -p "$CACHE/logs"
-  if tools_built && [[ -f "$CACHE/helm/$HELM_VERSION/.done" && -f "$CACHE/kind/$KIND_VERSION/.done" ]]; then
-    return
-  fi
+  tools_built && return
   log "building upstream binaries in the background (log: $CACHE/logs/build-tools.log)"
   # (9>&-: background jobs must not inherit, and so hold, the up/down lock)
-  "$LIB/build-tools.sh" k8s coredns >"$CACHE/logs/build-tools.log" 2>&1 9>&- &
+  "$LIB/build-tools.sh" "${UP_TOOLS[@]}" >"$CACHE/logs/build-tools.log" 2>&1 9>&- &
   BUILD_PID=$!
 }
 
 wait_tool_build() {
   [[ -n "${BUILD_PID:-}" ]] || return 0
   local deadline=$((SECONDS + WAIT_BUILD_S))
-  log "waiting for the Kubernetes/CoreDNS build (tail -f $CACHE/logs/build-tools.log)"
+  log "waiting for the build of ${UP_TOOLS[*]} (tail -f $CACHE/logs/build-tools.log)"
   while kill -0 "$BUILD_PID" 2>/dev/null; do
     ((SECONDS < deadline)) || { kill "$BUILD_PID" 2>/dev/null; die "build took over ${WAIT_BUILD_S}s, see $CACHE/logs/build-tools.log"; }
     sleep 2
@@ -595,19 +658,22 @@ cmd_up() {
   load_images coredns
   deploy_coredns
   check_dns_from_pod
+  deploy_local_path
+  install_user_tools
   log "waiting for the project images"
   if ! wait "$images_pid"; then
     tail -n 20 "$CACHE/logs/images.log" >&2
     die "project image build failed, see $CACHE/logs/images.log (the cluster itself is up)"
   fi
-  log "cluster up in $((SECONDS - t0)) s; export KUBECONFIG=$KUBECONFIG_ADMIN"
-  # helm and kind serve the kind path only: build them detached, after the cluster is up
-  # (once; cached), so they do not lengthen `up`. flock keeps two builds from racing.
-  if [[ ! -f "$CACHE/helm/$HELM_VERSION/.done" || ! -f "$CACHE/kind/$KIND_VERSION/.done" ]]; then
-    log "building helm $HELM_VERSION and kind $KIND_VERSION in the background (log: $CACHE/logs/build-helm-kind.log)"
-    setsid flock -n "$CACHE/.tools.lock" "$LIB/build-tools.sh" helm kind \
-      >>"$CACHE/logs/build-helm-kind.log" 2>&1 </dev/null 9>&- &
+  # kind serves the kind path only: build it detached, after the cluster is up (once; cached),
+  # so it does not lengthen `up`. flock keeps two builds from racing.
+  if [[ ! -f "$CACHE/kind/$KIND_VERSION/.done" ]]; then
+    log "building kind $KIND_VERSION in the background (log: $CACHE/logs/build-kind.log)"
+    setsid flock -n "$CACHE/.tools.lock" "$LIB/build-tools.sh" kind \
+      >>"$CACHE/logs/build-kind.log" 2>&1 </dev/null 9>&- &
   fi
+  log "cluster up in $((SECONDS - t0)) s; helm $HELM_VERSION and kubectl $K8S_VERSION for this shell:"
+  printf 'eval "$(%s env)"\n' "$0"
 }
 
 iptables_cleanup() {  # remove every KUBE-*/CNI-* chain and the rules that jump to them
@@ -698,6 +764,7 @@ cmd_status() {
   if [[ -f "$KUBECONFIG_ADMIN" ]] && kctl get --raw /readyz >/dev/null 2>&1; then
     kctl get nodes -o wide
     kctl get pods -A -o wide
+    kctl get storageclass
   fi
   echo "KUBECONFIG=$KUBECONFIG_ADMIN"
   return $rc
@@ -731,12 +798,13 @@ main() {
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
+    env) cmd_env ;;
     images) cmd_images "$@" ;;
     tools) check_go; mkdir -p "$CACHE"; flock "$CACHE/.tools.lock" "$LIB/build-tools.sh" all ;;
     logs) cmd_logs "$@" ;;
     kubectl) kctl "$@" ;;
     *)
-      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
       [[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help || "$cmd" == help ]] || exit 2
       ;;
   esac

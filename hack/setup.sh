@@ -51,4 +51,16 @@ if [ "${DMLT_SKIP_POSTGRES:-0}" != 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb 
     [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   fi
 fi
+# Chromium for the e2e UI tests (tests/e2e/test_readme.py opens MLflow's UI and optuna-dashboard
+# in it through playwright, which drives this browser instead of downloading its own).
+# DMLT_SKIP_BROWSER=1 skips this.
+if [ "${DMLT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: chromium is missing; the e2e UI tests need it:" \
+      "install Debian's chromium (as root: apt-get install chromium)" >&2
+  else
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
 echo "setup: ready. Activate with: source .venv/bin/activate"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned upstream binaries from Go source (Go module proxy only) into
 # ${DMLT_CACHE_DIR}/<tool>/<version>/bin.  A finished build leaves a .done stamp;
-# a present stamp skips the build.  Usage: build-tools.sh [k8s|coredns|helm|kind|all]...
+# a present stamp skips the build.  Usage: build-tools.sh [k8s|coredns|helm|kind|local-path|all]...
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -108,15 +108,20 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 build_kind() { go_install_pinned kind "$KIND_VERSION" sigs.k8s.io/kind; }
+build_local_path() {
+  go_install_pinned local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
+    github.com/rancher/local-path-provisioner "-X main.VERSION=$LOCAL_PATH_PROVISIONER_VERSION"
+}
 
 targets=("$@")
-[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(k8s coredns helm kind)
+[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(k8s coredns helm kind local-path)
 for t in "${targets[@]}"; do
   case "$t" in
     k8s) build_k8s ;;
     coredns) build_coredns ;;
     helm) build_helm ;;
     kind) build_kind ;;
+    local-path) build_local_path ;;
     *) echo "unknown target: $t" >&2; exit 2 ;;
   esac
 done

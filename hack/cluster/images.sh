@@ -4,8 +4,9 @@
 # inputs: an archive $CACHE/images/<name>-<hash>.tar that exists is not rebuilt, and an image
 # whose containerd label dmlt.hash matches is not re-imported.
 #
-# Usage: images.sh [base|pause|coredns|postgres|project|all]...   (default: all)
-#        (project: the chart's images, operator + trainer from the root Dockerfile and postgres)
+# Usage: images.sh [base|pause|coredns|postgres|dashboard|project|all]...   (default: all)
+#        (project: the chart's images: operator, trainer and dashboard from the root Dockerfile,
+#        and postgres)
 # Env:   DMLT_CACHE_DIR, DMLT_CONTAINERD_SOCK (where to load; unset: build only),
 #        DMLT_IMAGE_TAG (default dev), DMLT_IMAGE_TARGETS (default "operator trainer").
 set -euo pipefail
@@ -139,6 +140,22 @@ build_coredns() {
   load_archive coredns "$ref" "$key" "$archive"
 }
 
+# bud_root_target TARGET REF KEY: build one target of the root Dockerfile, labelled with KEY; the
+# host's wheels are mounted at /wheels and the CA bundle is a build secret (never in a layer).
+bud_root_target() {
+  local target="$1" ref="$2" key="$3" t0=$SECONDS log_file="$CACHE/logs/build-$1.log"
+  log "$target: buildah bud --target $target (log: $log_file)"
+  [[ -s "$CA_BUNDLE" ]] || die "CA bundle $CA_BUNDLE missing (pip needs it); set DMLT_CA_BUNDLE"
+  if ! "${BUILDAH[@]}" bud --layers --pull=never --network host --target "$target" \
+      --build-arg "BASE_IMAGE=$BASE_IMAGE_REF" --secret "id=ca,src=$CA_BUNDLE" \
+      -v "$CACHE/wheels:/wheels:ro" \
+      --label "dmlt.hash=$key" -t "$ref" -f "$REPO/Dockerfile" "$REPO" > "$log_file" 2>&1; then
+    tail -n 30 "$log_file" >&2
+    die "image build for $target failed, see $log_file"
+  fi
+  log "$target: built in $((SECONDS - t0)) s ($("${BUILDAH[@]}" images --format '{{.Size}}' "localhost/$ref"))"
+}
+
 # The project images are big (torch): no archive is kept. The buildah image carries the
 # content hash as a label (built?), containerd's copy too (loaded?); a docker-archive stream
 # carries it from one to the other.
@@ -190,18 +207,7 @@ PY
     key="$(printf '%s %s %s' "$src_hash" "$BASE_HASH" "$target" | sha256sum | cut -c1-16)"
     if ! "${BUILDAH[@]}" inspect --type image --format '{{.Docker.Config.Labels}}' \
         "localhost/$ref" 2>/dev/null | grep -q "dmlt.hash:$key"; then
-      log "$target: buildah bud --target $target (log: $CACHE/logs/build-$target.log)"
-      local t0=$SECONDS
-      [[ -s "$CA_BUNDLE" ]] || die "CA bundle $CA_BUNDLE missing (pip needs it); set DMLT_CA_BUNDLE"
-      if ! "${BUILDAH[@]}" bud --layers --pull=never --network host --target "$target" \
-          --build-arg "BASE_IMAGE=$BASE_IMAGE_REF" --secret "id=ca,src=$CA_BUNDLE" \
-          -v "$wheels:/wheels:ro" \
-          --label "dmlt.hash=$key" -t "$ref" -f "$REPO/Dockerfile" "$REPO" \
-          > "$CACHE/logs/build-$target.log" 2>&1; then
-        tail -n 30 "$CACHE/logs/build-$target.log" >&2
-        die "image build for $target failed, see $CACHE/logs/build-$target.log"
-      fi
-      log "$target: built in $((SECONDS - t0)) s ($("${BUILDAH[@]}" images --format '{{.Size}}' "localhost/$ref"))"
+      bud_root_target "$target" "$ref" "$key"
     fi
     [[ -n "$SOCK" ]] || continue
     if ctr --address "$SOCK" -n k8s.io images ls "name==$(normalize_ref "$ref")" 2>/dev/null | grep -q "dmlt.hash=$key"; then
@@ -249,18 +255,44 @@ build_postgres() {
     fi
     log "postgres: built in $((SECONDS - t0)) s ($("${BUILDAH[@]}" images --format '{{.Size}}' "localhost/$ref"))"
   fi
+  stream_load postgres "$ref" "$key"
+}
+
+# stream_load NAME REF KEY: stream a buildah image into containerd unless its copy there
+# already carries the content hash KEY (no archive on disk).
+stream_load() {
+  local name="$1" ref="$2" key="$3" full
   [[ -n "$SOCK" ]] || return 0
   full="$(normalize_ref "$ref")"
   if ctr --address "$SOCK" -n k8s.io images ls "name==$full" 2>/dev/null | grep -q "dmlt.hash=$key"; then
-    log "postgres: $full already in containerd ($key)"
+    log "$name: $full already in containerd ($key)"
     return 0
   fi
-  log "postgres: loading into containerd as $full"
+  log "$name: loading into containerd as $full"
   "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:/dev/stdout:$full" \
     | ctr --address "$SOCK" -n k8s.io images import - >/dev/null \
     || die "loading $ref into containerd failed"
   ctr --address "$SOCK" -n k8s.io images label "$full" "dmlt.hash=$key" >/dev/null \
     || die "$ref did not load as $full (ctr -n k8s.io images ls)"
+}
+
+# optuna-dashboard (the chart's study UI) from the root Dockerfile's `dashboard` target: pinned
+# requirements only, so it is keyed on the Dockerfile and that list, not on the project's code.
+build_dashboard() {
+  [[ -n "${BASE_HASH:-}" ]] || build_base
+  local ref="dmlt-dashboard:$TAG" key wheels="$CACHE/wheels" pip="$REPO/.venv/bin/pip"
+  key="$(printf '%s %s dashboard' "$(hash_files "$REPO" Dockerfile .dockerignore hack/dashboard/requirements.txt)" \
+    "$BASE_HASH" | sha256sum | cut -c1-16)"
+  if ! "${BUILDAH[@]}" inspect --type image --format '{{.Docker.Config.Labels}}' \
+      "localhost/$ref" 2>/dev/null | grep -q "dmlt.hash:$key"; then
+    mkdir -p "$wheels"
+    if [[ -x "$pip" ]] && ! "$pip" download --quiet -d "$wheels" -r "$REPO/hack/dashboard/requirements.txt" \
+        > "$CACHE/logs/wheels-dashboard.log" 2>&1; then
+      log "dashboard: pip download failed (see $CACHE/logs/wheels-dashboard.log); the build downloads instead"
+    fi
+    bud_root_target dashboard "$ref" "$key"
+  fi
+  stream_load dashboard "$ref" "$key"
 }
 
 mkdir -p "$CACHE/logs"
@@ -276,7 +308,8 @@ for t in "${targets[@]}"; do
     pause) build_pause ;;
     coredns) build_coredns ;;
     postgres) build_postgres ;;
-    project) build_project; build_postgres ;;
+    dashboard) build_dashboard ;;
+    project) build_project; build_postgres; build_dashboard ;;
     *) die "unknown image target: $t" ;;
   esac
 done

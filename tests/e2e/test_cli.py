@@ -26,15 +26,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from kubernetes import client
-from tests.helm_binary import require_helm
 
-from tests.e2e import operator_fixtures as of
-from tests.e2e.test_tuningstudy import apply_study_crd, prepare_postgres_volume
+from tests.helpers.chart import Dmlt, install, release_fullname
 from tests.helpers.cli import cli_env
+from tests.helpers.helm_binary import require_helm
+from tests.helpers.jobs import JobPoller, phase_is, pods_by_rank, running_at_epoch
+from tests.helpers.mlflow import mlflow_get
+from tests.helpers.names import GROUP, VERSION
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -70,19 +72,12 @@ SLOW = [
 
 
 @pytest.fixture(scope="module")
-def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[of.Dmlt]:
+def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[Dmlt]:
     helm = require_helm()
-    apply_study_crd(api_client)
-    extra: dict[str, Any] = {
-        "operator": {"watchNamespaces": [namespace], "studyReconcileIntervalSeconds": 3},
-        "postgresql": {"enabled": True},
-    }
-    volume = None
-    if of.default_storage_class(api_client) is None:
-        volume = prepare_postgres_volume(api_client, namespace, RELEASE)
-        extra["postgresql"]["persistence"] = {"storageClassName": "-"}
+    # A 3 s study reconcile instead of 5 s, so the tune test's trials follow each other quickly.
+    values = {"operator": {"studyReconcileIntervalSeconds": 3}}
     try:
-        installed = of.install(api_client, namespace, helm, release=RELEASE, extra_values=extra)
+        installed = install(api_client, namespace, helm, release=RELEASE, values=values)
     except AssertionError as exc:
         pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
     yield installed
@@ -94,8 +89,6 @@ def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[of.Dmlt]:
         timeout=60,
     )
     problems = installed.teardown()
-    if volume:
-        client.CoreV1Api(api_client).delete_persistent_volume(volume)
     if problems:
         print("teardown problems:\n" + "\n".join(problems))
 
@@ -130,12 +123,12 @@ def test_train_follows_to_succeeded_and_prints_the_run_url(dmlt):
     run_id = dmlt.get_job("cli-train")["status"]["mlflowRunId"]
     url = re.search(r"^MLflow run: (http://\S+)$", out, re.M)
     assert url, out
-    service = f"{of.release_fullname(RELEASE)}-mlflow"
+    service = f"{release_fullname(RELEASE)}-mlflow"
     assert re.fullmatch(
         rf"http://{service}\.{ns}\.svc[.a-z]*:5000/#/experiments/\d+/runs/{run_id}", url.group(1)
     )
     assert re.search(r"^model: models:/m-[0-9a-f]+$", out, re.M), out
-    run = of.mlflow_get(dmlt, "api/2.0/mlflow/runs/get", {"run_id": run_id})["run"]
+    run = mlflow_get(dmlt, "api/2.0/mlflow/runs/get", {"run_id": run_id})["run"]
     assert run["info"]["status"] == "FINISHED"
 
 
@@ -166,11 +159,11 @@ def test_logs_follow_both_ranks_across_a_gang_restart(dmlt, tmp_path):
             stderr=subprocess.STDOUT,
         )
         try:
-            poller = of.JobPoller(dmlt, "cli-logs")
-            poller.until(of.running_at_epoch(1), TIMEOUT, "rank 0's first epoch")
-            victim = of.pods_by_rank(dmlt.pods("cli-logs"))[1]
+            poller = JobPoller(dmlt, "cli-logs")
+            poller.until(running_at_epoch(1), TIMEOUT, "rank 0's first epoch")
+            victim = pods_by_rank(dmlt.pods("cli-logs"))[1]
             dmlt.core.delete_namespaced_pod(victim.metadata.name, ns, grace_period_seconds=0)
-            job = poller.until(of.phase_is("Succeeded"), TIMEOUT, "Succeeded after the gang restart")
+            job = poller.until(phase_is("Succeeded"), TIMEOUT, "Succeeded after the gang restart")
             assert job["status"]["restarts"] == 1
             follower.wait(timeout=120)  # -f ends by itself once the job has ended
         finally:
@@ -216,7 +209,7 @@ def test_tune_finishes_with_the_best_trial(dmlt):
     table = out[out.index("TRIAL ") :].splitlines()
     assert table[0].split() == ["TRIAL", "STATE", "VAL_AUC", "EPOCHS", "PARAMS"]
     assert sorted(row.split()[0] for row in table[1:4]) == ["0", "1", "2"]
-    best = dmlt.custom.get_namespaced_custom_object(of.GROUP, of.VERSION, ns, "tuningstudies", "cli-tune")
+    best = dmlt.custom.get_namespaced_custom_object(GROUP, VERSION, ns, "tuningstudies", "cli-tune")
     number = best["status"]["bestTrial"]["number"]
     assert re.search(rf"^best trial {number}: val_auc=0\.\d{{4}} \(", out, re.M), out
     assert "MLflow run: http://" in out
@@ -238,4 +231,4 @@ def test_wait_times_out_then_succeeds_get_describe_delete(dmlt):
     assert got["metadata"]["name"] == "cli-wait" and got["status"]["phase"] == "Running"
     assert "Phase:       Running" in ok(cli("describe", "cli-wait", "-n", ns))
     assert ok(cli("delete", "tj", "cli-wait", "-n", ns)) == "trainingjob.dmlt.io/cli-wait deleted\n"
-    of.wait_for(lambda: dmlt.get_job("cli-wait") is None, 120, "cli-wait to be gone")
+    wait_for(lambda: dmlt.get_job("cli-wait") is None, 120, "cli-wait to be gone")

@@ -1,11 +1,11 @@
 """End-to-end proof of the TrainingJob operator (issue 5) on a real cluster.
 
-The module installs the chart with helm into a fresh namespace (operator + in-cluster MLflow),
-then:
+The module installs the chart with its defaults into a fresh namespace (operator, in-cluster
+MLflow and PostgreSQL on claims of the cluster's default StorageClass), then:
 
 - invalid specs are refused by the apiserver with a message naming the field;
-- examples/ddp.yaml (test-sized trainer settings; its checkpoint claim adapted to the cluster's
-  storage) trains to Succeeded: `kubectl get tj` showed progress while it ran, both ranks
+- examples/ddp.yaml (test-sized trainer settings; its claim bound through the default class)
+  trains to Succeeded: `kubectl get tj` showed progress while it ran, both ranks
   printed the same weights hash with world size 2, and the MLflow run exists on the in-cluster
   server with one value per epoch;
 - deleting one rank's Pod mid-training restarts the whole gang (phase Restarting), the new
@@ -32,8 +32,25 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.e2e import operator_fixtures as of
+from tests.helpers.chart import Dmlt, install
 from tests.helpers.helm_binary import require_helm
+from tests.helpers.jobs import (
+    JobPoller,
+    PodCensus,
+    diagnose,
+    epoch_numbers,
+    finished_lines,
+    job_events,
+    job_manifest,
+    load_example,
+    phase_is,
+    pods_by_rank,
+    running_at_epoch,
+)
+from tests.helpers.kube import describe_namespace_pods, pod_log
+from tests.helpers.mlflow import mlflow_get
+from tests.helpers.names import LABEL_ATTEMPT
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -60,11 +77,11 @@ TRAINER: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[of.Dmlt]:
+def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[Dmlt]:
     """The chart installed into this module's fresh namespace; uninstalled afterwards."""
     helm = require_helm()
     try:
-        installed = of.install(api_client, namespace, helm)
+        installed = install(api_client, namespace, helm)
     except AssertionError as exc:
         pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
     yield installed
@@ -99,10 +116,10 @@ INVALID_SPECS = [
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize(("override", "field", "message"), INVALID_SPECS)
 def test_invalid_spec_is_rejected_naming_the_field(
-    dmlt: of.Dmlt, override: dict[str, Any], field: str, message: str
+    dmlt: Dmlt, override: dict[str, Any], field: str, message: str
 ) -> None:
     name = "invalid-" + field.rsplit(".", 1)[-1].lower()
-    manifest = of.job_manifest(name, checkpoint={"emptyDir": {}})
+    manifest = job_manifest(name, checkpoint={"emptyDir": {}})
     manifest["spec"].update(override)
     with pytest.raises(ApiException) as err:
         dmlt.create_job(manifest)
@@ -118,19 +135,19 @@ def test_invalid_spec_is_rejected_naming_the_field(
 
 
 @pytest.mark.timeout(2400)
-def test_example_trains_to_succeeded_with_progress_and_mlflow_run(dmlt: of.Dmlt) -> None:
-    claim_doc, job_doc = of.load_example()
+def test_example_trains_to_succeeded_with_progress_and_mlflow_run(dmlt: Dmlt) -> None:
+    claim_doc, job_doc = load_example()
     name = job_doc["metadata"]["name"]
     claim = dmlt.checkpoint_claim(claim_doc["metadata"]["name"])
     assert job_doc["spec"]["checkpoint"] == {"persistentVolumeClaim": {"claimName": claim}}
-    manifest = of.job_manifest(name, trainer=TRAINER)
+    manifest = job_manifest(name, trainer=TRAINER)
     replicas = manifest["spec"]["replicas"]
     assert replicas == 2 and manifest["spec"]["backend"] == "gloo"
 
     started = time.monotonic()
     dmlt.create_job(manifest)
-    poller = of.JobPoller(dmlt, name)
-    job = poller.until(of.phase_is("Succeeded"), JOB_TIMEOUT, f"{name} to succeed", interval=1.0)
+    poller = JobPoller(dmlt, name)
+    job = poller.until(phase_is("Succeeded"), JOB_TIMEOUT, f"{name} to succeed", interval=1.0)
     elapsed = time.monotonic() - started
     status = _status(job)
     print(f"{name}: apply -> Succeeded in {elapsed:.0f}s; states seen:\n{poller.history()}")
@@ -145,15 +162,15 @@ def test_example_trains_to_succeeded_with_progress_and_mlflow_run(dmlt: of.Dmlt)
         poller.history()
     )
     assert status["progress"]["epoch"] == EPOCHS and status["progress"]["summary"] == f"{EPOCHS}/{EPOCHS}"
-    assert status.get("restarts") == 0, f"unexpected restarts:\n{of.diagnose(dmlt, name)}"
+    assert status.get("restarts") == 0, f"unexpected restarts:\n{diagnose(dmlt, name)}"
     assert 0.5 < status["metrics"]["val_auc"] <= 1.0, status["metrics"]
     assert status.get("result") == "completed", status
     assert status.get("completionTime") and status.get("startTime"), status
 
     # Both ranks were one process group of world size 2: same final weights.
-    finished = of.finished_lines(dmlt, name)
+    finished = finished_lines(dmlt, name)
     assert sorted(finished) == list(range(replicas)), (
-        f"expected a `finished` line from each rank, got ranks {sorted(finished)}\n{of.diagnose(dmlt, name)}"
+        f"expected a `finished` line from each rank, got ranks {sorted(finished)}\n{diagnose(dmlt, name)}"
     )
     hashes = {r: e["weights_sha256"] for r, e in finished.items()}
     assert all(e["world_size"] == replicas for e in finished.values()), finished
@@ -167,14 +184,14 @@ def test_example_trains_to_succeeded_with_progress_and_mlflow_run(dmlt: of.Dmlt)
     run_id = status.get("mlflowRunId")
     assert run_id, f"status.mlflowRunId is empty: {status}"
     assert finished[0].get("mlflow_run_id") == run_id, finished[0]
-    run = of.mlflow_get(dmlt, "api/2.0/mlflow/runs/get", {"run_id": run_id})["run"]
+    run = mlflow_get(dmlt, "api/2.0/mlflow/runs/get", {"run_id": run_id})["run"]
     assert run["info"]["status"] == "FINISHED", run["info"]
-    experiment = of.mlflow_get(
+    experiment = mlflow_get(
         dmlt, "api/2.0/mlflow/experiments/get", {"experiment_id": run["info"]["experiment_id"]}
     )["experiment"]
     assert experiment["name"] == job_doc["spec"]["mlflow"]["experiment"], experiment
     for key in ("val_auc", "train_loss"):
-        history = of.mlflow_get(
+        history = mlflow_get(
             dmlt, "api/2.0/mlflow/metrics/get-history", {"run_id": run_id, "metric_key": key}
         )
         steps = sorted(m["step"] for m in history.get("metrics", []))
@@ -188,17 +205,15 @@ def test_example_trains_to_succeeded_with_progress_and_mlflow_run(dmlt: of.Dmlt)
 
 
 @pytest.mark.timeout(2400)
-def test_deleting_a_rank_pod_restarts_the_gang_from_the_checkpoint(dmlt: of.Dmlt) -> None:
+def test_deleting_a_rank_pod_restarts_the_gang_from_the_checkpoint(dmlt: Dmlt) -> None:
     name = "restart-job"
     claim = dmlt.checkpoint_claim("restart-job-checkpoints")
-    manifest = of.job_manifest(
-        name, trainer=TRAINER, checkpoint={"persistentVolumeClaim": {"claimName": claim}}
-    )
+    manifest = job_manifest(name, trainer=TRAINER, checkpoint={"persistentVolumeClaim": {"claimName": claim}})
     replicas = manifest["spec"]["replicas"]
     started = time.monotonic()
     dmlt.create_job(manifest)
-    poller = of.JobPoller(dmlt, name)
-    job = poller.until(of.running_at_epoch(1), START_TIMEOUT, f"{name} to report epoch 1", interval=0.5)
+    poller = JobPoller(dmlt, name)
+    job = poller.until(running_at_epoch(1), START_TIMEOUT, f"{name} to report epoch 1", interval=0.5)
     reached = _status(job)["progress"]["epoch"]
     run_id_before = _status(job).get("mlflowRunId")
     first_attempt = int(_status(job)["attempt"])  # the operator counts attempts from 0
@@ -210,7 +225,7 @@ def test_deleting_a_rank_pod_restarts_the_gang_from_the_checkpoint(dmlt: of.Dmlt
     print(f"{name}: deleted {victim} at +{deleted_at - started:.0f}s, rank 0 had reported epoch {reached}")
 
     job = poller.until(
-        of.phase_is("Succeeded"), JOB_TIMEOUT, f"{name} to succeed after the gang restart", interval=0.5
+        phase_is("Succeeded"), JOB_TIMEOUT, f"{name} to succeed after the gang restart", interval=0.5
     )
     status = _status(job)
     print(
@@ -219,32 +234,32 @@ def test_deleting_a_rank_pod_restarts_the_gang_from_the_checkpoint(dmlt: of.Dmlt
     )
     after = [s for s in poller.seen if s.t >= deleted_at - poller.started - 1]
     assert any(s.phase == "Restarting" for s in after), f"phase Restarting never seen:\n{poller.history()}"
-    assert status.get("restarts") == 1, f"restarts {status.get('restarts')}:\n{of.diagnose(dmlt, name)}"
+    assert status.get("restarts") == 1, f"restarts {status.get('restarts')}:\n{diagnose(dmlt, name)}"
     assert status.get("attempt") == first_attempt + 1, (
-        f"attempt {status.get('attempt')} (first {first_attempt}):\n{of.diagnose(dmlt, name)}"
+        f"attempt {status.get('attempt')} (first {first_attempt}):\n{diagnose(dmlt, name)}"
     )
     restarting = [c for c in status.get("conditions", []) if c["type"] == "Restarting"]
     assert restarting and restarting[0]["reason"] != "", status.get("conditions")
-    reasons = [e.reason for e in of.job_events(dmlt, name)]
+    reasons = [e.reason for e in job_events(dmlt, name)]
     assert "GangRestart" in reasons, reasons
 
     # The whole gang was replaced: new Pods (new uids) of the next attempt for every rank.
-    pods = of.pods_by_rank(dmlt.pods(name))
+    pods = pods_by_rank(dmlt.pods(name))
     assert sorted(pods) == list(range(replicas)), pods.keys()
     for rank, pod in pods.items():
-        assert pod.metadata.labels[of.LABEL_ATTEMPT] == str(first_attempt + 1), (rank, pod.metadata.labels)
+        assert pod.metadata.labels[LABEL_ATTEMPT] == str(first_attempt + 1), (rank, pod.metadata.labels)
         assert pod.metadata.uid != old.get(pod.metadata.name), f"rank {rank}'s Pod was not recreated"
 
     # The new attempt resumed from rank 0's checkpoint instead of starting again at epoch 1.
-    log0 = of.pod_log(dmlt.core, dmlt.namespace, f"{name}-0")
-    epochs = of.epoch_numbers(log0)
+    log0 = pod_log(dmlt.core, dmlt.namespace, f"{name}-0")
+    epochs = epoch_numbers(log0)
     assert epochs, f"no epoch lines in the new rank 0's log:\n{log0[-3000:]}"
     assert epochs[0] > reached >= 1, (
         f"the new attempt started at epoch {epochs[0]}, but {reached} epoch(s) were done before the "
         f"restart: it did not resume from the checkpoint (epochs logged: {epochs})"
     )
     assert epochs[-1] == EPOCHS, epochs
-    finished = of.finished_lines(dmlt, name)
+    finished = finished_lines(dmlt, name)
     hashes = {r: e["weights_sha256"] for r, e in finished.items()}
     assert sorted(hashes) == list(range(replicas)) and len(set(hashes.values())) == 1, hashes
     if run_id_before:
@@ -256,16 +271,14 @@ def test_deleting_a_rank_pod_restarts_the_gang_from_the_checkpoint(dmlt: of.Dmlt
 
 
 @pytest.mark.timeout(2400)
-def test_job_survives_operator_restart_without_duplicate_pods(dmlt: of.Dmlt) -> None:
+def test_job_survives_operator_restart_without_duplicate_pods(dmlt: Dmlt) -> None:
     name = "operator-kill-job"
-    manifest = of.job_manifest(name, trainer=TRAINER, checkpoint={"emptyDir": {}})
+    manifest = job_manifest(name, trainer=TRAINER, checkpoint={"emptyDir": {}})
     replicas = manifest["spec"]["replicas"]
-    with of.PodCensus(dmlt.core, dmlt.namespace, name) as census:
+    with PodCensus(dmlt.core, dmlt.namespace, name) as census:
         dmlt.create_job(manifest)
-        poller = of.JobPoller(dmlt, name)
-        running = poller.until(
-            of.running_at_epoch(1), START_TIMEOUT, f"{name} to report epoch 1", interval=0.5
-        )
+        poller = JobPoller(dmlt, name)
+        running = poller.until(running_at_epoch(1), START_TIMEOUT, f"{name} to report epoch 1", interval=0.5)
         first_attempt = _status(running)["attempt"]
         operators = dmlt.operator_pods()
         assert len(operators) == 1, [p.metadata.name for p in operators]
@@ -281,12 +294,10 @@ def test_job_survives_operator_restart_without_duplicate_pods(dmlt: of.Dmlt) -> 
                 for p in dmlt.operator_pods()
             )
 
-        of.wait_for(
-            replacement_ready, 300, "a new operator Pod to be Ready", diag=lambda: of.diagnose(dmlt, name)
-        )
+        wait_for(replacement_ready, 300, "a new operator Pod to be Ready", diag=lambda: diagnose(dmlt, name))
         back = time.monotonic() - killed
         job = poller.until(
-            of.phase_is("Succeeded"), JOB_TIMEOUT, f"{name} to succeed after the operator restart"
+            phase_is("Succeeded"), JOB_TIMEOUT, f"{name} to succeed after the operator restart"
         )
         time.sleep(3)  # let the watch report anything created right at the end
     status = _status(job)
@@ -297,11 +308,9 @@ def test_job_survives_operator_restart_without_duplicate_pods(dmlt: of.Dmlt) -> 
     )
     assert census.max_present <= replicas, f"more trainer Pods than ranks existed at once: {census.summary()}"
     assert len(census.uids) == replicas, f"Pods were created more than once: {census.summary()}"
-    assert status.get("restarts") == 0, (
-        f"the operator restart caused a gang restart:\n{of.diagnose(dmlt, name)}"
-    )
+    assert status.get("restarts") == 0, f"the operator restart caused a gang restart:\n{diagnose(dmlt, name)}"
     assert status.get("attempt") == first_attempt, status
-    finished = of.finished_lines(dmlt, name)
+    finished = finished_lines(dmlt, name)
     assert sorted(finished) == list(range(replicas)), finished.keys()
     assert len({e["weights_sha256"] for e in finished.values()}) == 1, finished
 
@@ -310,11 +319,11 @@ def test_job_survives_operator_restart_without_duplicate_pods(dmlt: of.Dmlt) -> 
 
 
 @pytest.mark.timeout(1800)
-def test_deleting_a_job_removes_its_pods_and_service(dmlt: of.Dmlt) -> None:
+def test_deleting_a_job_removes_its_pods_and_service(dmlt: Dmlt) -> None:
     name = "delete-job"
-    dmlt.create_job(of.job_manifest(name, trainer=TRAINER, checkpoint={"emptyDir": {}}))
-    poller = of.JobPoller(dmlt, name)
-    poller.until(of.phase_is("Running"), START_TIMEOUT, f"{name} to be Running", interval=0.5)
+    dmlt.create_job(job_manifest(name, trainer=TRAINER, checkpoint={"emptyDir": {}}))
+    poller = JobPoller(dmlt, name)
+    poller.until(phase_is("Running"), START_TIMEOUT, f"{name} to be Running", interval=0.5)
     assert len(dmlt.pods(name)) == 2
     service = dmlt.core.read_namespaced_service(name, dmlt.namespace)
     assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses, service.spec
@@ -335,10 +344,10 @@ def test_deleting_a_job_removes_its_pods_and_service(dmlt: of.Dmlt) -> None:
                 raise
         return dmlt.get_job(name) is None
 
-    of.wait_for(
+    wait_for(
         all_gone,
         180,
         f"the Pods, Service and TrainingJob {name} to be deleted",
-        diag=lambda: of.describe_namespace_pods(dmlt.core, dmlt.namespace),
+        diag=lambda: describe_namespace_pods(dmlt.core, dmlt.namespace),
     )
     print(f"{name}: job, Pods and Service gone {time.monotonic() - deleted:.1f}s after the delete")

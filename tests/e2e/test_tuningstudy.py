@@ -17,38 +17,27 @@ DMLT_E2E_STUDY_TIMEOUT (seconds per study, default 2400).
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
 import math
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from kubernetes.stream import stream
 
-from tests.e2e import operator_fixtures as of
+from tests.helpers.chart import install
 from tests.helpers.helm_binary import require_helm
+from tests.helpers.mlflow import mlflow_get
+from tests.helpers.names import GROUP, PLURAL, STUDY_PLURAL, VERSION
+from tests.helpers.studies import StudyWatch, Tuning, finished_at_least, phase, study_manifest
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-STUDY_CRD_FILE = ROOT / "helm" / "dmlt" / "crds" / "tuningstudies.dmlt.io.yaml"
-EXAMPLE = ROOT / "examples" / "tuning.yaml"
-PLURAL = "tuningstudies"
-STUDY_CRD_NAME = f"{PLURAL}.{of.GROUP}"
-LABEL_STUDY = "dmlt.io/study"
-LABEL_TRIAL = "dmlt.io/trial"
-POSTGRES_UID = 999
 STUDY_TIMEOUT = float(os.environ.get("DMLT_E2E_STUDY_TIMEOUT", "2400"))
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -56,398 +45,30 @@ FINISHED = ("COMPLETE", "PRUNED")
 # --------------------------------------------------------------------------- set-up
 
 
-def apply_study_crd(api_client: client.ApiClient, timeout: float = 60) -> None:
-    """Create or replace the TuningStudy CRD from the working tree (Helm never upgrades CRDs)."""
-    body = yaml.safe_load(STUDY_CRD_FILE.read_text())
-    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    try:
-        current = json.loads(of.raw_get(api_client, f"{path}/{STUDY_CRD_NAME}"))
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        of.raw_request(api_client, "POST", path, body=body)
-    else:
-        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        of.raw_request(api_client, "PUT", f"{path}/{STUDY_CRD_NAME}", body=body)
-
-    def established() -> bool:
-        crd = json.loads(of.raw_get(api_client, f"{path}/{STUDY_CRD_NAME}"))
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (crd.get("status") or {}).get("conditions") or []
-        )
-
-    of.wait_for(established, timeout, f"CRD {STUDY_CRD_NAME} to be Established")
-
-
-def postgres_name(release: str) -> str:
-    return f"{of.release_fullname(release)}-postgresql"
-
-
-def prepare_postgres_volume(api_client: client.ApiClient, namespace: str, release: str) -> str:
-    """No default StorageClass: a hostPath volume pre-bound to the claim the StatefulSet will
-    use (data-<sts>-0), made writable for the postgres user. Returns the PersistentVolume."""
-    core = client.CoreV1Api(api_client)
-    node = of.ready_node(api_client)
-    hostname = (core.read_node(node).metadata.labels or {}).get("kubernetes.io/hostname", node)
-    claim = f"data-{postgres_name(release)}-0"
-    pv = f"{namespace}-{claim}"[:253]
-    core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv, "labels": {"dmlt-e2e": "true"}},
-            "spec": {
-                "capacity": {"storage": "2Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "claimRef": {"namespace": namespace, "name": claim},
-                "hostPath": {"path": f"/tmp/dmlt-e2e/{namespace}/{claim}", "type": "DirectoryOrCreate"},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [hostname]}
-                                ]
-                            }
-                        ]
-                    }
-                },
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "labels": {"dmlt-e2e": "true"}},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "2Gi"}},
-            },
-        },
-    )
-    of.wait_for(
-        lambda: core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase == "Bound",
-        60,
-        f"claim {claim} to bind to {pv}",
-    )
-    # hostPath ignores fsGroup: a root Pod hands the folder to the postgres user first.
-    pod = f"chown-pg-{uuid.uuid4().hex[:8]}"
-    script = f"import os; os.chown('/data', {POSTGRES_UID}, {POSTGRES_UID}); os.chmod('/data', 0o700)"
-    core.create_namespaced_pod(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "labels": {"dmlt-e2e": "true"}},
-            "spec": {
-                "restartPolicy": "Never",
-                "automountServiceAccountToken": False,
-                "containers": [
-                    {
-                        "name": "chown",
-                        "image": os.environ.get("DMLT_TRAINER_IMAGE", "dmlt-trainer:dev"),
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": ["python3", "-c", script],
-                        "securityContext": {"runAsUser": 0, "runAsNonRoot": False},
-                        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                    }
-                ],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
-            },
-        },
-    )
-    phase = of.wait_for(
-        lambda: (p := core.read_namespaced_pod(pod, namespace).status.phase) in ("Succeeded", "Failed") and p,
-        240,
-        f"Pod {pod} that makes {claim} writable for uid {POSTGRES_UID}",
-        diag=lambda: of.describe_pod(core, namespace, pod),
-    )
-    assert phase == "Succeeded", of.try_pod_log(core, namespace, pod, container="chown")
-    core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
-    return pv
-
-
-@dataclass
-class Tuning:
-    """The installed chart plus what the study tests need."""
-
-    dmlt: of.Dmlt
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return self.dmlt.custom
-
-    @property
-    def ns(self) -> str:
-        return self.dmlt.namespace
-
-    @property
-    def postgres_pod(self) -> str:
-        return f"{postgres_name(self.dmlt.release)}-0"
-
-    def create_study(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(of.GROUP, of.VERSION, self.ns, PLURAL, manifest)
-
-    def get_study(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(of.GROUP, of.VERSION, self.ns, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def study_table(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(the `kubectl get ts` columns, the object) in one read."""
-        data = of.raw_get(
-            self.dmlt.api_client,
-            f"/apis/{of.GROUP}/{of.VERSION}/namespaces/{self.ns}/{PLURAL}/{name}",
-            {"includeObject": "Object"},
-            accept=of.TABLE_ACCEPT,
-        )
-        table = json.loads(data)
-        names = [c["name"] for c in table["columnDefinitions"]]
-        row = table["rows"][0]
-        return dict(zip(names, row["cells"], strict=False)), row["object"]
-
-    def trial_jobs(self, study: str) -> list[dict[str, Any]]:
-        return self.custom.list_namespaced_custom_object(
-            of.GROUP, of.VERSION, self.ns, of.PLURAL, label_selector=f"{LABEL_STUDY}={study}"
-        )["items"]
-
-    def delete_study(self, name: str, timeout: float = 240) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(of.GROUP, of.VERSION, self.ns, PLURAL, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        of.wait_for(
-            lambda: self.get_study(name) is None and not self.trial_jobs(name),
-            timeout,
-            f"TuningStudy {name} and its trial jobs to be deleted",
-        )
-
-    # ---- the database
-    def psql(self, sql: str) -> list[list[str]]:
-        """Rows of a query run by psql inside the PostgreSQL Pod (local socket: trust auth)."""
-        secret = self.dmlt.core.read_namespaced_secret(postgres_name(self.dmlt.release), self.ns)
-        user = base64.b64decode(secret.data["username"]).decode()
-        database = base64.b64decode(secret.data["database"]).decode()
-
-        def query() -> str:
-            out = stream(
-                self.dmlt.core.connect_get_namespaced_pod_exec,
-                self.postgres_pod,
-                self.ns,
-                container="postgresql",
-                command=[
-                    "psql",
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-F",
-                    "|",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-U",
-                    user,
-                    "-d",
-                    database,
-                    "-c",
-                    sql,
-                ],  # fmt: skip
-                stderr=True,
-                stdin=False,
-                stdout=True,
-                tty=False,
-                _request_timeout=60,
-            )
-            if "ERROR" in out or "could not connect" in out:
-                raise RuntimeError(out)
-            return out or "\n"
-
-        out = of.wait_for(query, 180, f"psql in {self.postgres_pod}", interval=3)
-        return [line.split("|") for line in out.splitlines() if line.strip()]
-
-    def db_trials(self, study_name: str) -> list[tuple[int, str, float | None]]:
-        """(number, state, value) of every trial of the Optuna study, from the database."""
-        name = study_name.replace("'", "''")
-        rows = self.psql(
-            "SELECT t.number, t.state, v.value FROM trials t "
-            "JOIN studies s ON s.study_id = t.study_id "
-            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-            f"WHERE s.study_name = '{name}' ORDER BY t.number"
-        )
-        return [(int(n), state, float(v) if v else None) for n, state, v in rows]
-
-    def db_epochs_run(self, study_name: str) -> dict[int, int]:
-        name = study_name.replace("'", "''")
-        rows = self.psql(
-            "SELECT t.number, a.value_json FROM trial_user_attributes a "
-            "JOIN trials t ON t.trial_id = a.trial_id JOIN studies s ON s.study_id = t.study_id "
-            f"WHERE s.study_name = '{name}' AND a.key = 'dmlt.epochs_run'"
-        )
-        return {int(n): int(json.loads(v)) for n, v in rows if v not in ("null", "")}
-
-
 @pytest.fixture(scope="module")
 def tuning(api_client: client.ApiClient, namespace: str) -> Iterator[Tuning]:
-    """The chart (with PostgreSQL) in this module's fresh namespace; studies deleted, then
-    uninstalled, afterwards."""
+    """The chart with its defaults (PostgreSQL on its claim of the default StorageClass) in this
+    module's fresh namespace; studies deleted, then uninstalled, afterwards."""
     helm = require_helm()
-    apply_study_crd(api_client)
-    extra: dict[str, Any] = {
-        "operator": {"studyReconcileIntervalSeconds": 3},
-        "postgresql": {"enabled": True},
-    }
-    volume = None
-    if of.default_storage_class(api_client) is None:
-        volume = prepare_postgres_volume(api_client, namespace, of.DEFAULT_RELEASE)
-        extra["postgresql"]["persistence"] = {"storageClassName": "-"}
+    # A 3 s study reconcile instead of 5 s: the disruption tests act between trials.
+    values = {"operator": {"studyReconcileIntervalSeconds": 3}}
     try:
-        installed = of.install(api_client, namespace, helm, extra_values=extra)
+        installed = install(api_client, namespace, helm, values=values)
     except AssertionError as exc:
         pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
     t = Tuning(installed)
     yield t
     try:
-        for study in t.custom.list_namespaced_custom_object(of.GROUP, of.VERSION, namespace, PLURAL)["items"]:
+        for study in t.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, STUDY_PLURAL)["items"]:
             t.delete_study(study["metadata"]["name"])
     except Exception as exc:  # noqa: BLE001 - teardown must go on
         print(f"teardown: deleting studies: {exc}")
     problems = installed.teardown()
-    if volume:
-        try:
-            client.CoreV1Api(api_client).delete_persistent_volume(volume)
-        except ApiException as exc:
-            problems.append(f"deleting PersistentVolume {volume}: {exc.status}")
     if problems:
         print("teardown problems:\n" + "\n".join(problems))
 
 
-def study_manifest(name: str, **spec: Any) -> dict[str, Any]:
-    """examples/tuning.yaml's study renamed, with spec overrides (and DMLT_E2E_STUDY's)."""
-    (doc,) = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d.get("kind") == "TuningStudy"]
-    doc = copy.deepcopy(doc)
-    doc["metadata"] = {"name": name}
-    doc["spec"].update(spec)
-    doc["spec"].update(json.loads(os.environ.get("DMLT_E2E_STUDY", "{}")))
-    image = os.environ.get("DMLT_TRAINER_IMAGE")
-    if image:
-        doc["spec"]["trialTemplate"]["image"] = image
-    return doc
-
-
 # --------------------------------------------------------------------------- observing a study
-
-
-@dataclass
-class StudyWatch:
-    """Samples a study's trial jobs and their Pods every second in a thread."""
-
-    tuning: Tuning
-    study: str
-    max_active_jobs: int = 0
-    max_running_pods: int = 0
-    job_uids: dict[str, set[str]] = field(default_factory=dict)
-    seen: list[str] = field(default_factory=list)
-    """Distinct `kubectl get ts` rows, for failure messages."""
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> StudyWatch:
-        self._thread = threading.Thread(target=self._run, name=f"watch-{self.study}", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
-
-    def sample(self) -> None:
-        jobs = self.tuning.trial_jobs(self.study)
-        active = 0
-        for job in jobs:
-            meta = job["metadata"]
-            self.job_uids.setdefault(meta["name"], set()).add(meta["uid"])
-            if (job.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-                active += 1
-        names = {j["metadata"]["name"] for j in jobs}
-        pods = self.tuning.dmlt.core.list_namespaced_pod(
-            self.tuning.ns, label_selector="app.kubernetes.io/component=trainer"
-        ).items
-        running = sum(
-            1
-            for p in pods
-            if (p.metadata.labels or {}).get(of.LABEL_JOB) in names
-            and p.status.phase == "Running"
-            and not p.metadata.deletion_timestamp
-        )
-        self.max_active_jobs = max(self.max_active_jobs, active)
-        self.max_running_pods = max(self.max_running_pods, running)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample()
-            except Exception as exc:  # noqa: BLE001 - transient API errors: keep sampling
-                self.errors.append(repr(exc))
-            self._stop.wait(1.0)
-
-    def poll(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        columns, obj = self.tuning.study_table(self.study)
-        row = " ".join(f"{k}={columns.get(k)}" for k in ("Trials", "Running", "Pruned", "Best", "Phase"))
-        if not self.seen or self.seen[-1] != row:
-            self.seen.append(row)
-        return columns, obj
-
-    def until(self, done, timeout: float, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        def check():
-            columns, obj = self.poll()
-            status = obj.get("status") or {}
-            if status.get("phase") == "Failed" and done(obj) is not True:
-                raise AssertionError(
-                    f"TuningStudy {self.study} Failed: {status.get('message')}\n{self.diag()}"
-                )
-            return (columns, obj) if done(obj) else None
-
-        return of.wait_for(check, timeout, what, interval=2, diag=self.diag)
-
-    def diag(self) -> str:
-        obj = self.tuning.get_study(self.study) or {}
-        lines = [f"--- TuningStudy {self.study}", "states seen:", *(f"  {s}" for s in self.seen)]
-        lines.append("status:\n" + yaml.safe_dump(obj.get("status"), sort_keys=False))
-        for job in self.tuning.trial_jobs(self.study):
-            s = job.get("status") or {}
-            lines.append(
-                f"job {job['metadata']['name']}: {s.get('phase')} {s.get('result')} {s.get('message')}"
-            )
-        for pod in self.tuning.dmlt.operator_pods():
-            log = of.try_pod_log(self.tuning.dmlt.core, self.tuning.ns, pod.metadata.name, container=None,
-                                 tail_lines=80)  # fmt: skip
-            lines.append(f"operator log:\n{log[-8000:]}")
-        return "\n".join(lines)
-
-
-def phase(name: str):
-    return lambda obj: (obj.get("status") or {}).get("phase") == name
-
-
-def finished_at_least(n: int):
-    def check(obj: dict[str, Any]) -> bool:
-        trials = (obj.get("status") or {}).get("trials") or {}
-        return trials.get("completed", 0) + trials.get("pruned", 0) >= n and trials.get("running", 0) >= 1
-
-    return check
 
 
 def assert_exact_trials(
@@ -550,7 +171,7 @@ def test_example_study_completes_within_parallelism_with_pruning(tuning: Tuning)
         assert epochs_run.get(number, epochs) < epochs, (
             f"pruned trial {number} ran {epochs_run.get(number)} epochs"
         )
-        job = tuning.dmlt.custom.get_namespaced_custom_object(of.GROUP, of.VERSION, tuning.ns, of.PLURAL,
+        job = tuning.dmlt.custom.get_namespaced_custom_object(GROUP, VERSION, tuning.ns, PLURAL,
                                                               f"{name}-t{number}")  # fmt: skip
         assert job["status"]["phase"] == "Succeeded" and job["status"]["result"] == "pruned", job["status"]
     assert columns["Pruned"] == len(pruned)
@@ -567,16 +188,16 @@ def test_example_study_completes_within_parallelism_with_pruning(tuning: Tuning)
 
     # MLflow: the parent run, the best trial's run nested under it, the registered version.
     parent = status["parentRunId"]
-    run = of.mlflow_get(tuning.dmlt, "api/2.0/mlflow/runs/get", {"run_id": best["mlflowRunId"]})["run"]
+    run = mlflow_get(tuning.dmlt, "api/2.0/mlflow/runs/get", {"run_id": best["mlflowRunId"]})["run"]
     tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
     assert tags.get("mlflow.parentRunId") == parent, tags
-    parent_run = of.mlflow_get(tuning.dmlt, "api/2.0/mlflow/runs/get", {"run_id": parent})["run"]
+    parent_run = mlflow_get(tuning.dmlt, "api/2.0/mlflow/runs/get", {"run_id": parent})["run"]
     assert parent_run["info"]["status"] == "FINISHED", parent_run["info"]
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["ModelRegistered"]["status"] == "True", conditions["ModelRegistered"]
     registered = status["registeredModel"]
     assert registered["name"] == name and registered["trial"] == best["number"]
-    version = of.mlflow_get(
+    version = mlflow_get(
         tuning.dmlt, "api/2.0/mlflow/model-versions/get", {"name": name, "version": registered["version"]}
     )["model_version"]
     assert version.get("run_id") == best["mlflowRunId"], version
@@ -609,7 +230,7 @@ def test_operator_killed_mid_study_loses_and_duplicates_nothing(tuning: Tuning) 
                 for p in tuning.dmlt.operator_pods()
             )
 
-        of.wait_for(replacement_ready, 300, "a new operator Pod to be Ready", diag=watch.diag)
+        wait_for(replacement_ready, 300, "a new operator Pod to be Ready", diag=watch.diag)
         _, study = watch.until(
             phase("Succeeded"), STUDY_TIMEOUT, f"{name} to succeed after the operator restart"
         )
@@ -639,7 +260,7 @@ def test_postgres_killed_mid_study_loses_and_duplicates_nothing(tuning: Tuning) 
                 c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
             )
 
-        of.wait_for(restarted, 300, "the PostgreSQL Pod to come back Ready", diag=watch.diag)
+        wait_for(restarted, 300, "the PostgreSQL Pod to come back Ready", diag=watch.diag)
         back = time.monotonic() - killed
         _, study = watch.until(
             phase("Succeeded"), STUDY_TIMEOUT, f"{name} to succeed after the database restart"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,3 +208,107 @@ def test_crd_is_installed_from_crds_folder():
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
     assert "CustomResourceDefinition" in kinds
+
+
+# --------------------------------------------------------------------------- optuna-dashboard
+
+RESTRICTED_POD = {
+    "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}  # fmt: skip
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+}  # fmt: skip
+
+
+def dashboard_container(objs: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    (c,) = objs[("Deployment", "dmlt-dashboard")]["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_dashboard_is_on_by_default_against_the_study_database():
+    assert VALUES["dashboard"]["enabled"] is True
+    objs = render()
+    dep = objs[("Deployment", "dmlt-dashboard")]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"] == RESTRICTED_POD and pod["automountServiceAccountToken"] is False
+    c = dashboard_container(objs)
+    assert c["image"] == "dmlt-dashboard:dev" and c["imagePullPolicy"] == "IfNotPresent"
+    assert c["securityContext"] == RESTRICTED_CONTAINER
+    env = {e["name"]: e for e in c["env"]}
+    # The same Secret and key the operator's default storage names (DMLT_DEFAULT_STORAGE_SECRET).
+    assert env["OPTUNA_STORAGE"]["valueFrom"]["secretKeyRef"] == {"name": "dmlt-postgresql", "key": "url"}
+    operator_env = {
+        e["name"]: e.get("value")
+        for e in objs[("Deployment", "dmlt-operator")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert operator_env["DMLT_DEFAULT_STORAGE_SECRET"] == "dmlt-postgresql"
+    assert operator_env["DMLT_DEFAULT_STORAGE_SECRET_KEY"] == "url"
+    script = c["command"][-1]
+    assert "optuna_dashboard.run_server" in script and 'os.environ["OPTUNA_STORAGE"]' in script
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/api/studies"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/api/meta"
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
+    assert c["resources"]["limits"]["memory"]
+    svc = objs[("Service", "dmlt-dashboard")]
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert dep["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+
+
+def test_dashboard_compiles_as_python():
+    compile(dashboard_container(render())["command"][-1], "dashboard", "exec")
+
+
+def test_dashboard_uses_an_existing_database_secret():
+    objs = render(
+        "postgresql.enabled=false", "postgresql.existingSecret=studies-db", "postgresql.existingSecretKey=uri"
+    )
+    env = {e["name"]: e for e in dashboard_container(objs)["env"]}
+    assert env["OPTUNA_STORAGE"]["valueFrom"]["secretKeyRef"] == {"name": "studies-db", "key": "uri"}
+
+
+def test_dashboard_needs_a_study_database():
+    objs = render("postgresql.enabled=false")
+    assert not any(name.endswith("-dashboard") for _, name in objs)
+    assert "dmlt-dashboard" not in render_notes("postgresql.enabled=false")
+    assert "optuna-dashboard is not deployed: there is no study database" in render_notes(
+        "postgresql.enabled=false"
+    )
+
+
+def test_dashboard_off():
+    objs = render("dashboard.enabled=false")
+    assert not any(name.endswith("-dashboard") for _, name in objs)
+
+
+def test_dashboard_values_are_strict():
+    out = helm("template", "dmlt", str(CHART), "--set", "dashboard.replicas=2")
+    assert out.returncode != 0 and "additional properties" in (out.stderr + out.stdout).lower()
+
+
+def render_notes(*sets: str) -> str:
+    """NOTES.txt as `helm install` prints it: helm template skips NOTES, so a copy of the chart
+    gets one more template that includes it (install --dry-run needs a cluster)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        chart = Path(scratch) / "dmlt"
+        shutil.copytree(CHART, chart)
+        (chart / "templates" / "zz-notes.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+            'data:\n  notes: {{ include "dmlt/templates/NOTES.txt" . | quote }}\n'
+        )
+        args = ["template", "dmlt", str(chart), "-n", "dmlt", "--kube-version", "1.34.0"]
+        out = helm(*args, "--show-only", "templates/zz-notes.yaml", *(a for s in sets for a in ("--set", s)))
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)["data"]["notes"]
+
+
+def test_install_notes_say_how_to_reach_both_uis():
+    notes = render_notes()
+    assert "kubectl -n dmlt port-forward svc/dmlt-mlflow 5000" in notes
+    assert "kubectl -n dmlt port-forward svc/dmlt-dashboard 8080" in notes
+    assert "http://localhost:8080" in notes
+    assert "dmlt-dashboard" not in render_notes("dashboard.enabled=false")

@@ -102,3 +102,12 @@ derived from the release: re-applying the same manifests keeps it, but anyone ca
 {{- printf "dmlt-postgresql/%s/%s" .Release.Namespace (include "dmlt.fullname" .) | sha256sum | trunc 32 }}
 {{- end }}
 {{- end }}
+
+{{- define "dmlt.dashboard.fullname" -}}
+{{- printf "%s-dashboard" (include "dmlt.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "true" when the dashboard is deployed: enabled, and there is a study database to show. */}}
+{{- define "dmlt.dashboard.enabled" -}}
+{{- if and .Values.dashboard.enabled (include "dmlt.storageSecretName" .) }}true{{ end }}
+{{- end }}
