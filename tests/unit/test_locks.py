@@ -64,3 +64,16 @@ def test_image_builds_install_with_the_lock(target):
     assert "!requirements" in (ROOT / ".dockerignore").read_text().splitlines()
     images = (ROOT / "hack" / "cluster" / "images.sh").read_text()
     assert '-c "$REPO/requirements/$t.lock.txt"' in images
+
+
+def test_dashboard_reads_studies_with_the_optuna_that_writes_them():
+    """optuna-dashboard's image pins optuna by hand (hack/dashboard/requirements.txt); it must be
+    the version the trainer and operator images create and migrate the study schema with."""
+
+    def optuna_pin(path: Path) -> str:
+        pins = [line.strip() for line in path.read_text().splitlines() if line.lower().startswith("optuna==")]
+        assert len(pins) == 1, f"{path} pins optuna {len(pins)} times"
+        return pins[0]
+
+    dashboard = optuna_pin(ROOT / "hack" / "dashboard" / "requirements.txt")
+    assert dashboard == optuna_pin(lock.lock_path("trainer")) == optuna_pin(lock.lock_path("operator"))
