@@ -137,7 +137,7 @@ def test_refused_pod_creation_is_reported_not_raised():
     kube = RefusingKube()
     patch = tick(body(), kube)
     assert patch["status"]["phase"] == "Pending"
-    assert "Cannot create Pods" in patch["status"]["message"]
+    assert "Waiting (retrying): cannot create Pods" in patch["status"]["message"]
     assert "exceeded quota" in patch["status"]["message"]
     assert [r for _, r, _ in kube.events].count("FailedCreatePod") == 1
     # Same refusal next tick: no new event.
