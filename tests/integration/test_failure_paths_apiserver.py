@@ -11,9 +11,8 @@ There is no controller-manager: the test sets the quota's status as the quota co
 
 from __future__ import annotations
 
-import pytest
-
 from tests.helpers.apiserver import (
+    APISERVER_MARKS,
     NS,
     apply_job,
     events_of,
@@ -25,10 +24,7 @@ from tests.helpers.apiserver import (
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
-]
+pytestmark = APISERVER_MARKS
 
 REQUESTS = {"requests": {"cpu": "100m"}}
 
