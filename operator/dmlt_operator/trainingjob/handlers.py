@@ -16,7 +16,7 @@ from dmlt_operator.core import handlers as core
 from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
-from dmlt_operator.core.failures import INVALID_SPEC, at_step
+from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
 from dmlt_operator.core.kube import TrainingJobKube
 from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, LABEL_MANAGED_BY, MANAGED_BY, VERSION
 from dmlt_operator.trainingjob import build as res
@@ -96,6 +96,8 @@ def read_reports(
                 namespace, pod, res.TRAINER_CONTAINER, cfg.log_tail_lines, cfg.log_limit_bytes
             )
         except Exception as exc:
+            reason = classify(exc).reason
+            metrics.RECONCILE_FAILURES.labels(kind=JOB_KIND, step="read pod logs", reason=reason).inc()
             logger.warning("Cannot read the log of %s: %s", pod, exc)
             continue
         if text:
