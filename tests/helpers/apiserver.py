@@ -24,6 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 NS = "itest"
 SA_USER = "system:serviceaccount:dmlt:dmlt-operator"
 
+APISERVER_MARKS = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
+]
+"""`pytestmark` of a test module against the `cluster` apiserver (it serves a self-signed certificate)."""
+
 
 def _k8s_bin() -> Path | None:
     if os.environ.get("DMLT_K8S_BIN"):

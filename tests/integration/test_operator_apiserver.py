@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.helpers.apiserver import (
+    APISERVER_MARKS,
     NS,
     apply_job,
     events_of,
@@ -29,10 +30,7 @@ from tests.helpers.apiserver import (
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
-]
+pytestmark = APISERVER_MARKS
 
 # --------------------------------------------------------------------------- tests
 

@@ -8,6 +8,7 @@ import logging
 import kopf
 import pytest
 from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.core.metrics import REGISTRY
 from dmlt_operator.trainingjob import handlers
 from dmlt_operator.trainingjob import pods as pd
 from kubernetes.client.exceptions import ApiException
@@ -137,7 +138,7 @@ def test_refused_pod_creation_is_reported_not_raised():
     kube = RefusingKube()
     patch = tick(body(), kube)
     assert patch["status"]["phase"] == "Pending"
-    assert "Cannot create Pods" in patch["status"]["message"]
+    assert "Waiting (retrying): cannot create Pods" in patch["status"]["message"]
     assert "exceeded quota" in patch["status"]["message"]
     assert [r for _, r, _ in kube.events].count("FailedCreatePod") == 1
     # Same refusal next tick: no new event.
@@ -160,10 +161,13 @@ def test_unreadable_logs_do_not_stall_the_job():
         def read_pod_log(self, *args, **kwargs):
             raise ApiException(status=500, reason="kubelet unreachable")
 
+    labels = {"kind": "TrainingJob", "step": "read pod logs", "reason": "ServerError"}
+    before = REGISTRY.get_sample_value("dmlt_reconcile_failures_total", labels) or 0
     kube = NoLogs()
     status = dict(tick(body(), kube)["status"])
     patch = tick(body(status), kube, [running_pod(0), running_pod(1)])
     assert patch["status"]["phase"] == "Running"
+    assert REGISTRY.get_sample_value("dmlt_reconcile_failures_total", labels) > before  # counted
 
 
 def test_pod_snapshot_retries_when_the_index_changes_under_it():

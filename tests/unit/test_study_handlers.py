@@ -176,7 +176,8 @@ def test_refused_trial_jobs_are_reported_and_no_more_trials_asked(tmp_path):
     hs = Harness(tmp_path)
     hs.kube.refuse = ApiException(status=403, reason="Forbidden")
     hs.tick()
-    assert "Cannot create trial jobs: study-t0: 403 Forbidden" in hs.body["status"]["message"]
+    message = hs.body["status"]["message"]
+    assert "Waiting (retrying): cannot create trial jobs: study-t0: 403 Forbidden" in message
     assert hs.db_states() == {"RUNNING": 1}  # the first refusal stopped the asking
     hs.kube.refuse = None
     hs.tick()

@@ -1,6 +1,7 @@
 """Scaffolding the kopf handlers of both resources share: operator-wide kopf settings, the
 clients kept in kopf.Memo, spec checks on create/resume, the timed reconcile wrapper, creating
-children whose refusals are reported rather than raised, and recording a permanent failure."""
+children whose refusals are reported rather than raised, reporting a failed tick on the object,
+and recording a permanent failure."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from prometheus_client import Counter, Histogram
 from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import COND_FAILED, FAILED, MAX_MESSAGE, format_time, set_condition
 from dmlt_operator.core.config import OperatorConfig
-from dmlt_operator.core.kube import ApiError, EventSink, Kube, describe_error, load_config
+from dmlt_operator.core.failures import (
+    RECONCILE_ERROR,
+    Failure,
+    at_step,
+    classify,
+    classify_creation,
+    current_step,
+)
+from dmlt_operator.core.kube import EventSink, Kube, load_config
 from dmlt_operator.core.objects import GROUP, ObjectRef
 from dmlt_operator.core.spec import SpecError
 
@@ -72,60 +81,98 @@ class ReconcileMetrics:
     seconds: Histogram
 
 
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The object a reconcile tick is about: where a failure of the tick is reported."""
+
+    kind: str
+    kube: EventSink
+    body: Any
+    status: Mapping[str, Any]
+    patch: kopf.Patch
+
+
+def report_failure(subject: Subject, step: str, failure: Failure) -> str:
+    """Put a failure in `status.message`, a Warning Event (when the message is new) and the
+    failures metric; the message."""
+    metrics.RECONCILE_FAILURES.labels(kind=subject.kind, step=step, reason=failure.reason).inc()
+    message = f"Waiting (retrying): {step} failed: {failure.message}"[:MAX_MESSAGE]
+    if subject.status.get("message") != message:
+        subject.kube.post_event(subject.body, "Warning", failure.reason, message)
+    subject.patch.status["message"] = message
+    return message
+
+
 def reconcile_timed(
     tick: Callable[[], None],
     observed: ReconcileMetrics,
     delay: float,
+    subject: Subject,
     outage: tuple[type[Exception], Counter] | None = None,
 ) -> None:
-    """Run one reconcile tick, timed; any error becomes a kopf retry after `delay`. An `outage`
-    (an expected, reported unavailability) is also counted under its own metric."""
+    """Run one reconcile tick, timed; any error is reported on the object (status, event,
+    metric) and becomes a kopf retry after `delay`. An `outage` (an expected unavailability the
+    tick has already put in status) is counted under its own metric instead."""
     started = time.monotonic()
+    at_step("start")
     try:
         tick()
     except Exception as exc:
         observed.errors.inc()
+        step = current_step()
         if outage is not None and isinstance(exc, outage[0]):
             outage[1].inc()
+            metrics.RECONCILE_FAILURES.labels(kind=subject.kind, step=step, reason=type(exc).__name__).inc()
             raise kopf.TemporaryError(str(exc), delay=delay) from None
-        raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=delay) from exc
+        message = report_failure(subject, step, classify(exc))
+        raise kopf.TemporaryError(message, delay=delay) from exc
     finally:
         observed.seconds.observe(time.monotonic() - started)
 
 
 @dataclass(slots=True)
 class Creations:
-    """Children created this tick, and those the apiserver refused (admission, quota, RBAC):
-    refusals are reported in status and events and retried next tick; 5xx errors raise."""
+    """Children created this tick, those the apiserver refused for now (quota, RBAC: reported
+    in status and events, retried next tick) and those it can never accept (invalid: the object
+    fails). 5xx errors and timeouts raise, for the tick to be retried with backoff."""
 
     created: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
+    refused: list[tuple[str, Failure]] = field(default_factory=list)
+    invalid: list[tuple[str, Failure]] = field(default_factory=list)
 
     def create(self, create: Callable[[dict[str, Any]], bool], obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
         try:
             if create(obj):
                 self.created.append(name)
-        except ApiError as exc:
-            if exc.status is not None and exc.status >= 500:
+        except Exception as exc:
+            failure = classify_creation(exc)
+            if failure.permanent:
+                self.invalid.append((name, failure))
+            elif failure.reason in ("ServerError", "Timeout", RECONCILE_ERROR):
                 raise
-            self.refused.append(f"{name}: {describe_error(exc)}")
+            else:
+                self.refused.append((name, failure))
 
-    def report_refused(
-        self,
-        kube: EventSink,
-        body: Any,
-        old: Mapping[str, Any],
-        status: dict[str, Any],
-        what: str,
-        reason: str,
-    ) -> bool:
+    def invalid_message(self, what: str) -> str | None:
+        """Why the spec can never work, naming the refused objects and fields; None if it can."""
+        if not self.invalid:
+            return None
+        return f"Cannot create {what}: " + "; ".join(f"{name}: {f.message}" for name, f in self.invalid)
+
+    def report_refused(self, subject: Subject, status: dict[str, Any], what: str, reason: str) -> bool:
         """Put the refusals in `status.message` (and an Event when that message is new)."""
         if not self.refused:
             return False
-        message = f"Cannot create {what}: " + "; ".join(self.refused)
-        if old.get("message") != message:
-            kube.post_event(body, "Warning", reason, message)
+        for _, failure in self.refused:
+            metrics.RECONCILE_FAILURES.labels(
+                kind=subject.kind, step=f"create {what}", reason=failure.reason
+            ).inc()
+        message = f"Waiting (retrying): cannot create {what}: " + "; ".join(
+            f"{name}: {f.message}" for name, f in self.refused
+        )
+        if subject.status.get("message") != message[:MAX_MESSAGE]:
+            subject.kube.post_event(subject.body, "Warning", reason, message)
         status["message"] = message[:MAX_MESSAGE]
         return True
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from typing import Any, Protocol
 
@@ -22,18 +21,6 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = (5, 30)
 """(connect, read) seconds for every call: a hung apiserver must not hang a reconcile."""
-
-
-ApiError = ApiException
-
-
-def describe_error(exc: ApiException) -> str:
-    """The apiserver's own message of a failed call (e.g. an admission or quota refusal)."""
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (TypeError, ValueError):
-        message = None
-    return f"{exc.status} {exc.reason}: {message}" if message else f"{exc.status} {exc.reason}"
 
 
 def load_config() -> None:

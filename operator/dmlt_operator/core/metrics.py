@@ -26,6 +26,12 @@ RECONCILE_SECONDS = _histogram(
 GANG_RESTARTS = _counter(
     "dmlt_gang_restarts_total", "Gang restarts started (every rank recreated after one failed)."
 )
+RECONCILE_FAILURES = _counter(
+    "dmlt_reconcile_failures_total",
+    "Failures reported on an object: failed reconcile steps and refused creations, by the "
+    "object's kind, the step and the reason (e.g. InvalidSpec, ExceededQuota, ServerError).",
+    ["kind", "step", "reason"],
+)
 PODS_CREATED = _counter("dmlt_pods_created_total", "Trainer Pods created.")
 
 STUDIES = _gauge("dmlt_tuningstudies", "TuningStudies known to this operator, by phase.", ["phase"])

@@ -16,6 +16,7 @@ from dmlt_operator.core import handlers as core
 from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
 from dmlt_operator.core.kube import TrainingJobKube
 from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, LABEL_MANAGED_BY, MANAGED_BY, VERSION
 from dmlt_operator.trainingjob import build as res
@@ -79,6 +80,7 @@ def reconcile(memo: kopf.Memo, trainer_pods: kopf.Index, logger: Any, **kwargs: 
         lambda: reconcile_job(*job, memo, trainer_pods, logger),
         RECONCILE_METRICS,
         memo.config.reconcile_interval_s,
+        core.Subject(JOB_KIND, memo.kube, kwargs["body"], dict(kwargs["status"] or {}), kwargs["patch"]),
     )
 
 
@@ -94,6 +96,8 @@ def read_reports(
                 namespace, pod, res.TRAINER_CONTAINER, cfg.log_tail_lines, cfg.log_limit_bytes
             )
         except Exception as exc:
+            reason = classify(exc).reason
+            metrics.RECONCILE_FAILURES.labels(kind=JOB_KIND, step="read pod logs", reason=reason).inc()
             logger.warning("Cannot read the log of %s: %s", pod, exc)
             continue
         if text:
@@ -118,59 +122,102 @@ def reconcile_job(
     old_status = dict(status or {})
     now = now_utc()
 
+    at_step("check spec")
     try:
         check_job_name(name)
         job_spec = parse_spec(dict(spec))
     except SpecError as exc:
-        if core.record_failure(kube, body, job, old_status, "InvalidSpec", str(exc), now, patch):
-            PHASE_TRACKER.set(job.namespace, job.name, FAILED)
+        fail_job(kube, body, job, old_status, str(exc), now, patch)
         return
 
+    at_step("read pods")
     pods = pods_of(index, namespace, name)
+    at_step("read pod logs")
     reports = read_reports(kube, cfg, namespace, rc.logs_to_read(old_status, pods, job.uid), logger)
+    at_step("plan")
     plan = rc.plan(job, job_spec, old_status, pods, reports, now)
-    apply_plan(plan, body, job, job_spec, old_status, pods, cfg, kube, logger)
+    subject = core.Subject(JOB_KIND, kube, body, old_status, patch)
+    made = apply_plan(plan, subject, job, job_spec, pods, cfg, logger)
+    invalid = made.invalid_message("the job's Service and Pods")
+    if invalid is not None:
+        fail_job(kube, body, job, old_status, invalid, now, patch, "create pods")
+        remove_pods(kube, job, pods_of(index, namespace, name), made.created)
+        return
     for key, value in rc.status_delta(old_status, plan.status).items():
         patch.status[key] = value
     PHASE_TRACKER.set(namespace, name, plan.status["phase"])
     if plan.delete_job:
+        at_step("delete job")
         kube.delete_trainingjob(namespace, name)
+
+
+def fail_job(
+    kube: TrainingJobKube,
+    body: Any,
+    job: res.JobRef,
+    old: dict[str, Any],
+    message: str,
+    now: Any,
+    patch: kopf.Patch,
+    step: str = "check spec",
+) -> None:
+    """Fail the job for a spec that can never work (reason InvalidSpec)."""
+    if core.record_failure(kube, body, job, old, INVALID_SPEC, message, now, patch):
+        metrics.RECONCILE_FAILURES.labels(kind=JOB_KIND, step=step, reason=INVALID_SPEC).inc()
+        PHASE_TRACKER.set(job.namespace, job.name, FAILED)
+
+
+def remove_pods(kube: TrainingJobKube, job: res.JobRef, pods: list[PodSummary], created: list[str]) -> None:
+    """Leave no Pods behind a job that failed while creating them: those the index knows and
+    those this tick created (which the index may not have seen yet)."""
+    at_step("delete pods")
+    known = {p.name: p.uid for p in pods if p.owner_uid == job.uid and not p.deleting}
+    for pod_name in sorted(set(known) | set(created)):
+        kube.delete_pod(job.namespace, pod_name, known.get(pod_name))
 
 
 def apply_plan(
     plan: rc.Plan,
-    body: Any,
+    subject: core.Subject,
     job: res.JobRef,
     job_spec: Any,
-    old_status: dict[str, Any],
     pods: list[PodSummary],
     cfg: OperatorConfig,
-    kube: TrainingJobKube,
     logger: Any,
-) -> None:
-    """Make the plan's Service, deletions, Pods and Events happen."""
+) -> core.Creations:
+    """Make the plan's Service, deletions, Pods and Events happen; the Pods made, and the
+    children refused (the Service's refusals included)."""
+    kube: TrainingJobKube = subject.kube
     attempt = plan.status["attempt"]
+    service = core.Creations()
     if plan.ensure_service:
-        kube.create_service(res.build_service(job, job_spec))
+        at_step("create service")
+        service.create(kube.create_service, res.build_service(job, job_spec))
     uids = {p.name: p.uid for p in pods}
+    at_step("delete pods")
     for pod_name in plan.delete_pods:
         kube.delete_pod(job.namespace, pod_name, uids.get(pod_name))
-    pods_made = core.Creations()
+    at_step("create pods")
+    made = core.Creations(refused=service.refused, invalid=service.invalid)
     for rank in plan.create_ranks:
-        pods_made.create(kube.create_pod, res.build_rank_pod(job, job_spec, rank, attempt, cfg))
-    if pods_made.report_refused(kube, body, old_status, plan.status, "Pods", "FailedCreatePod"):
-        metrics.RECONCILE_ERRORS.inc()
-    if pods_made.created:
-        metrics.PODS_CREATED.inc(len(pods_made.created))
+        if not made.invalid:
+            made.create(kube.create_pod, res.build_rank_pod(job, job_spec, rank, attempt, cfg))
+    if made.invalid:
+        return made
+    made.report_refused(subject, plan.status, "Pods", "FailedCreatePod")
+    if made.created:
+        metrics.PODS_CREATED.inc(len(made.created))
         kube.post_event(
-            body, "Normal", "CreatedPods",
-            f"Created {len(pods_made.created)} Pod(s) of attempt {attempt}: " + ", ".join(pods_made.created),
+            subject.body, "Normal", "CreatedPods",
+            f"Created {len(made.created)} Pod(s) of attempt {attempt}: " + ", ".join(made.created),
         )  # fmt: skip
+    at_step("post events")
     for event in plan.events:
-        kube.post_event(body, event.type, event.reason, event.message)
+        kube.post_event(subject.body, event.type, event.reason, event.message)
         if event.reason == "GangRestart":
             metrics.GANG_RESTARTS.inc()
             logger.warning("%s", event.message)
+    return made
 
 
 def cleanup(namespace: str, name: str, uid: str, memo: kopf.Memo, trainer_pods: kopf.Index, **_: Any) -> None:

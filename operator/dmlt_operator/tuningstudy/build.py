@@ -191,8 +191,10 @@ def representative_params(spec: TuningStudySpec) -> dict[str, Any]:
     return params
 
 
-def check_trial_job(ref: StudyRef, spec: TuningStudySpec, storage_secret: SecretKeyRef) -> None:
+def check_trial_job(ref: StudyRef, spec: TuningStudySpec, storage_secret: SecretKeyRef | None) -> None:
     """Raise StudySpecError if the study's trial jobs would be invalid TrainingJobs (e.g. the
-    template's extraArgs leave no room for the trial flags), before any trial is asked."""
+    template's extraArgs leave no room for the trial flags), before any trial is asked and
+    before the storage is looked at (a stand-in Secret when none is configured yet)."""
     number = MAX_TRIALS + MAX_FAILED_TRIALS
-    build_trial_job(ref, spec, number, representative_params(spec), storage_secret, "0" * 32)
+    secret = storage_secret or SecretKeyRef(name=ref.name, key="url")
+    build_trial_job(ref, spec, number, representative_params(spec), secret, "0" * 32)

@@ -23,6 +23,7 @@ from dmlt_operator.core import handlers as core
 from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, MAX_MESSAGE, PENDING, TERMINAL, now_utc, set_condition
 from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.core.failures import INVALID_SPEC, at_step, current_step
 from dmlt_operator.core.kube import TuningStudyKube
 from dmlt_operator.core.objects import GROUP, STUDY_KIND, STUDY_PLURAL, VERSION
 from dmlt_operator.tuningstudy import build as res
@@ -105,6 +106,7 @@ def reconcile_study(
         lambda: reconcile_study_tick(body, spec, status, patch, memo, logger),
         RECONCILE_METRICS,
         memo.config.study_reconcile_interval_s,
+        core.Subject(STUDY_KIND, memo.kube, body, dict(status or {}), patch),
         outage=(StorageUnavailable, metrics.STUDY_STORAGE_ERRORS),
     )
 
@@ -119,10 +121,9 @@ def storage_secret(spec: TuningStudySpec, cfg: OperatorConfig) -> SecretKeyRef |
 
 
 def storage_url(
-    ref: StudyRef, spec: TuningStudySpec, cfg: OperatorConfig, kube: TuningStudyKube
+    ref: StudyRef, secret: SecretKeyRef | None, kube: TuningStudyKube
 ) -> tuple[SecretKeyRef, str]:
     """(the Secret, the URL in it); StorageUnavailable saying what is missing."""
-    secret = storage_secret(spec, cfg)
     if secret is None:
         raise StorageUnavailable(
             "No Optuna storage: set spec.storage.secretRef, or install the chart's PostgreSQL "
@@ -212,9 +213,12 @@ def reconcile_study_tick(
     old = dict(status or {})
     now = now_utc()
 
+    at_step("check spec")
     try:
         check_study_name(ref.name)
         study_spec = parse_study_spec(dict(spec))
+        # The trial template first: its errors must not hide behind the storage's.
+        res.check_trial_job(ref, study_spec, storage_secret(study_spec, cfg))
     except StudySpecError as exc:
         _record_failed(body, ref, old, "InvalidSpec", str(exc), patch, kube)
         return
@@ -223,22 +227,25 @@ def reconcile_study_tick(
         return
 
     guard = StorageGuard(ref, old, now, patch)
+    at_step("open storage")
     try:
         with guard.errors():
-            secret, guard.url = storage_url(ref, study_spec, cfg, kube)
-            res.check_trial_job(ref, study_spec, secret)
+            secret, guard.url = storage_url(ref, storage_secret(study_spec, cfg), kube)
             handle = store.open_study(guard.url, ref.optuna_name, study_spec.objective.direction, ref.uid)
-    except (StudySpecError, StudyConflict) as exc:
-        reason = "InvalidSpec" if isinstance(exc, StudySpecError) else "StudyConflict"
-        _record_failed(body, ref, old, reason, str(exc), patch, kube)
+    except StudyConflict as exc:
+        _record_failed(body, ref, old, "StudyConflict", str(exc), patch, kube)
         return
 
+    at_step("connect to MLflow")
     tracking, handle = _tracking(memo, store, handle, ref, study_spec, old, cfg)
+    at_step("list trials")
     with guard.errors():
         trials = store.list_trials(handle)
+    at_step("list trial jobs")
     listed = kube.list_trainingjobs(ref.namespace, res.study_selector(ref.name))
     jobs = [j for j in (summarize_trial_job(b) for b in listed) if j is not None]
 
+    at_step("plan")
     plan = sp.plan(
         ref, study_spec, old, trials, jobs, now,
         tracking=bool(tracking.uri), parent_run_id=tracking.parent, blocked=tracking.blocked,
@@ -248,22 +255,39 @@ def reconcile_study_tick(
         plan.status.get("conditions") or [], sp.COND_STORAGE, True, "Connected",
         f"Optuna study {ref.optuna_name} in the database of Secret {secret.name}", now, ref.generation,
     )  # fmt: skip
+    at_step("act on the plan")
     with guard.errors():
         made = _act(plan, kube, store, handle, ref, study_spec, trials, secret, tracking.parent)
-    if made.created:
-        metrics.TRIAL_JOBS_CREATED.inc(len(made.created))
-        kube.post_event(body, "Normal", "CreatedTrials", "Created trial job(s): " + ", ".join(made.created))
-    made.report_refused(kube, body, old, plan.status, "trial jobs", "FailedCreateTrial")
-    for event in plan.events:
-        kube.post_event(body, event.type, event.reason, event.message)
-
+    if not _announce(made, plan, core.Subject(STUDY_KIND, kube, body, old, patch), ref):
+        return
     if plan.finalize is not None:
+        at_step("finalize")
         conditions = _finalize(plan, conditions, tracking, ref, body, kube, now, logger)
     plan.status["conditions"] = conditions
 
     for key, value in sp.status_delta(old, plan.status).items():
         patch.status[key] = value
     PHASE_TRACKER.set(ref.namespace, ref.name, plan.status["phase"])
+
+
+def _announce(made: core.Creations, plan: sp.StudyPlan, subject: core.Subject, ref: StudyRef) -> bool:
+    """Report the trial jobs made and refused, and the plan's events; False when a trial job was
+    refused as invalid, which fails the study."""
+    kube: TuningStudyKube = subject.kube
+    invalid = made.invalid_message("trial jobs")
+    if invalid is not None:
+        _record_failed(subject.body, ref, dict(subject.status), INVALID_SPEC, invalid, subject.patch, kube)
+        return False
+    if made.created:
+        metrics.TRIAL_JOBS_CREATED.inc(len(made.created))
+        kube.post_event(
+            subject.body, "Normal", "CreatedTrials", "Created trial job(s): " + ", ".join(made.created)
+        )
+    made.report_refused(subject, plan.status, "trial jobs", "FailedCreateTrial")
+    at_step("post events")
+    for event in plan.events:
+        kube.post_event(subject.body, event.type, event.reason, event.message)
+    return True
 
 
 def _tracking(
@@ -325,7 +349,7 @@ def _act(
     for number in plan.create_trials:
         create(by_number[number])
     for _ in range(plan.ask):
-        if made.refused:
+        if made.refused or made.invalid:
             break  # the apiserver refuses trial jobs: asking more would only pile up trials
         trial = store.ask(handle, spec)
         metrics.TRIALS_ASKED.inc()
@@ -412,6 +436,7 @@ def _record_failed(
     Nothing ran, so there is nothing to wrap up in MLflow either."""
     no_model = (sp.COND_MODEL, False, "StudyFailed", "The study failed: no model is registered")
     if core.record_failure(kube, body, ref, old, reason, message, now_utc(), patch, (no_model,)):
+        metrics.RECONCILE_FAILURES.labels(kind=STUDY_KIND, step=current_step(), reason=reason).inc()
         patch.status["studyName"] = ref.optuna_name
         PHASE_TRACKER.set(ref.namespace, ref.name, FAILED)
 
@@ -440,7 +465,7 @@ def delete_study(body: Any, spec: Any, memo: kopf.Memo, logger: Any, **_: Any) -
         return
     url = ""
     try:
-        _, url = storage_url(ref, study_spec, memo.config, kube)
+        _, url = storage_url(ref, storage_secret(study_spec, memo.config), kube)
         if memo.study_store.delete_study(url, ref.optuna_name, ref.uid):
             log.info("Deleted Optuna study %s", ref.optuna_name)
     except Exception as exc:  # noqa: BLE001
