@@ -163,7 +163,7 @@ build_project() {
   [[ -n "${BASE_HASH:-}" ]] || build_base
   local target key ref src_hash
   src_hash="$(hash_files "$REPO" Dockerfile .dockerignore pyproject.toml README.md LICENSE \
-    requirements trainer_image/dmlt_trainer operator/dmlt_operator contract/dmlt_contract)"
+    requirements trainer_image/dmlt_trainer operator/dmlt_operator contract/dmlt_contract sdk/dmlt)"
   # The requirement lists, as the Dockerfile's `requirements` stage writes them.
   local reqs="$CACHE/build/requirements"
   mkdir -p "$reqs"
