@@ -122,7 +122,7 @@ def build_parser() -> Parser:
     wait.add_argument(
         "--for",
         dest="until",
-        default="Succeeded",
+        default=up.SUCCEEDED,
         help="a phase (Succeeded, Failed, Running), finished, or condition=TYPE (default Succeeded)",
     )
     wait.add_argument("--timeout", type=duration, default=None, help="e.g. 30s, 10m (default: no limit)")
@@ -230,7 +230,7 @@ def follow_to_end(
     state = target.state()
     for line in summary(target, state):
         print(line, file=out)
-    return 0 if state.phase == "Succeeded" else 1
+    return 0 if state.phase == up.SUCCEEDED else 1
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str], client: Client, out: TextIO) -> int:
