@@ -71,6 +71,11 @@ def _spread_of(values) -> dict[str, float]:
     return an.spread(list(values))
 
 
+def _rows_with_spreads(rows: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
+    """Per-seed rows, and the spread over seeds of each of `keys`."""
+    return {"rows": rows, **{key: _spread_of(r[key] for r in rows) for key in keys}}
+
+
 def search_curves(dataset: dict[str, Any], grid_by_seed: dict[int, dict[str, Any]], n_trials: int) -> dict:
     """Figure 1: best val AUC vs trial count and vs wall time, per sampler, bands over seeds."""
     arms = {RANDOM: dataset["runs"][RANDOM], TPE: dataset["runs"][TPE]}
@@ -196,11 +201,7 @@ def pruning(dataset: dict[str, Any], pruned_arm: str, epochs: int, full_arm: str
             }
         )
     return {
-        "rows": rows,
-        "saved": _spread_of(r["saved"] for r in rows),
-        "auc_cost_points": _spread_of(r["auc_cost_points"] for r in rows),
-        "wall_saved": _spread_of(r["wall_saved"] for r in rows),
-        "n_pruned": _spread_of(r["n_pruned"] for r in rows),
+        **_rows_with_spreads(rows, "saved", "auc_cost_points", "wall_saved", "n_pruned"),
         "n_pruned_at_last_epoch": sum(r["n_pruned_at_last_epoch"] for r in rows),
     }
 
@@ -220,12 +221,7 @@ def pruning_replay(dataset: dict[str, Any], spec: str) -> dict[str, Any]:
                 "n_pruned": sum(1 for t in replay if t["value"] is None),
             }
         )
-    return {
-        "rows": rows,
-        "saved": _spread_of(r["saved"] for r in rows),
-        "auc_cost_points": _spread_of(r["auc_cost_points"] for r in rows),
-        "n_pruned": _spread_of(r["n_pruned"] for r in rows),
-    }
+    return _rows_with_spreads(rows, "saved", "auc_cost_points", "n_pruned")
 
 
 def parallelism(dataset: dict[str, Any], one: str = TPE_PRUNED, two: str = TPE_PARALLEL) -> dict[str, Any]:
@@ -247,11 +243,7 @@ def parallelism(dataset: dict[str, Any], one: str = TPE_PRUNED, two: str = TPE_P
                 / (ref["epochs_run"] / ref["wall_s"]),
             }
         )
-    return {
-        "rows": rows,
-        "speedup": _spread_of(r["speedup"] for r in rows),
-        "speedup_per_epoch": _spread_of(r["speedup_per_epoch"] for r in rows),
-    }
+    return _rows_with_spreads(rows, "speedup", "speedup_per_epoch")
 
 
 def tuned_vs_default(dataset: dict[str, Any], arm: str = TPE) -> dict[str, Any]:
