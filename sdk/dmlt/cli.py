@@ -23,7 +23,7 @@ from dmlt import upstream as up
 from dmlt.client import Client, resolve_kind
 from dmlt.errors import ClusterUnavailable, DmltError, InvalidSpec
 from dmlt.jobs import Job, Study
-from dmlt.local import DEFAULT_STORAGE, RUNS_DIR, LocalJob, LocalPaths, LocalStudy
+from dmlt.local import RUNS_DIR, LocalJob, LocalPaths, LocalStudy
 from dmlt.observe import JobState, StudyState
 from dmlt.show import describe_job, describe_study, job_summary, study_summary
 
@@ -277,7 +277,7 @@ def cmd_tune(args: argparse.Namespace, rest: list[str], client: Client, out: Tex
     )
     name = specs.job_name(args.name, cfg, prefix="tune")
     specs.check_name(up.STUDY_KIND, name)
-    storage = cfg.hpo.storage or DEFAULT_STORAGE
+    storage = cfg.hpo.storage or up.DEFAULT_STORAGE
 
     def start_local() -> LocalStudy:
         print(f"local study {name} on {storage}", file=sys.stderr)

@@ -31,7 +31,6 @@ from dmlt.mlflow_runs import MlflowRun, fetch_run
 from dmlt.observe import FINISHED, JobState, StudyState, TrialRow
 
 RUNS_DIR = ".dmlt/runs"
-DEFAULT_STORAGE = "sqlite:///optuna.db"
 LOCAL_NAMESPACE = "local"
 
 
@@ -245,7 +244,7 @@ class LocalStudy(_LocalObject):
         self,
         name: str,
         spec: up.TuningStudySpec,
-        storage: str = DEFAULT_STORAGE,
+        storage: str = up.DEFAULT_STORAGE,
         paths: LocalPaths | None = None,
     ) -> None:
         super().__init__(name, paths)

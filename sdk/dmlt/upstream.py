@@ -14,7 +14,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dmlt_contract import ATTR_MODEL_URI, ATTR_RUN_ID, EVENT_EPOCH, EVENT_FINISHED, STORAGE_ENV, parse_event
+from dmlt_contract import (
+    ATTR_MODEL_URI,
+    ATTR_RUN_ID,
+    DEFAULT_STORAGE,
+    EVENT_EPOCH,
+    EVENT_FINISHED,
+    STORAGE_ENV,
+    parse_event,
+)
 from dmlt_operator.core.conditions import FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL
 from dmlt_operator.core.objects import API_VERSION, GROUP, STUDY_KIND, STUDY_PLURAL, VERSION
 from dmlt_operator.core.objects import JOB_KIND as KIND
@@ -58,6 +66,7 @@ __all__ = [
     "ATTR_MODEL_URI",
     "ATTR_RUN_ID",
     "ConfigError",
+    "DEFAULT_STORAGE",
     "EVENT_EPOCH",
     "EVENT_FINISHED",
     "FAILED",
