@@ -21,6 +21,7 @@ from dmlt_contract import (
     EVENT_EPOCH,
     EVENT_FINISHED,
     STORAGE_ENV,
+    STUDY_ALGORITHMS,
     parse_event,
 )
 from dmlt_operator.core.conditions import FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL
@@ -84,6 +85,7 @@ __all__ = [
     "RUNNING",
     "RunConfig",
     "STORAGE_ENV",
+    "STUDY_ALGORITHMS",
     "STUDY_KIND",
     "STUDY_PLURAL",
     "SUCCEEDED",
