@@ -21,6 +21,19 @@ def _pyplot():
     return plt
 
 
+def _side_by_side(plt, payload: dict[str, Any], width: float, height: float) -> tuple[Any, list]:
+    """A figure with one panel per dataset, side by side: (figure, [(axes, dataset name)])."""
+    names = list(payload["summary"])
+    fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), height), squeeze=False)
+    return fig, list(zip(axes[0], names, strict=True))
+
+
+def _save(plt, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _clean(values: list[float]) -> list[float]:
     return [math.nan if v is None else v for v in values]
 
@@ -73,9 +86,7 @@ def search_curves(payload: dict[str, Any], path: Path) -> None:
             ax.set_ylim(lo - 0.1 * (top - lo), top + 0.05 * (top - lo))
             ax.grid(alpha=0.3)
         axes[row][0].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _as_float(value: Any) -> float:
@@ -84,9 +95,8 @@ def _as_float(value: Any) -> float:
 
 def time_to_target(payload: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
-    names = list(payload["summary"])
-    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    fig, panels = _side_by_side(plt, payload, 6.5, 3.6)
+    for ax, name in panels:
         ttt = payload["summary"][name]["time_to_target"]
         arms = (
             ("grid, 1 at a time", ttt["grid_s"], "tab:green"),
@@ -130,20 +140,17 @@ def time_to_target(payload: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("wall time to a config within %.1f pt of the best known, s (log)" % (100 * ttt["gap"]))
         ax.set_title(f"{name}: one dot per seed, bar = median")
         ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def pruning(payload: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
-    names = list(payload["summary"])
-    fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 6.2), squeeze=False)
+    fig, panels = _side_by_side(plt, payload, 7, 6.2)
     markers = {sm.TPE_PRUNED: ("o", "tab:blue"), sm.TPE_ALT: ("s", "tab:red")}
     cmap = plt.get_cmap("tab10")
-    for ax, name in zip(axes[0], names, strict=True):
+    for ax, name in panels:
         s = payload["summary"][name]
         costs = [r["auc_cost_points"] for p in s["pruning"].values() for r in p["rows"]]
         costs += [p["auc_cost_points"]["median"] for p in s.get("pruning_replay", {}).values()]
@@ -176,16 +183,13 @@ def pruning(payload: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{name}: measured arms and replayed pruners (medians over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def parallelism(payload: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
-    names = list(payload["summary"])
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    fig, panels = _side_by_side(plt, payload, 6, 3.8)
+    for ax, name in panels:
         rows = payload["summary"][name]["parallelism"]["rows"]
         seeds = [r["seed"] for r in rows]
         width = 0.38
@@ -206,16 +210,13 @@ def parallelism(payload: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{name}: TPE + pruning, {payload['settings']['trials']} trials, 1 thread each")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def tuned_vs_default(payload: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
-    names = list(payload["summary"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    fig, panels = _side_by_side(plt, payload, 5.5, 3.8)
+    for ax, name in panels:
         t = payload["summary"][name]["tuned_vs_default"]
         for i, split in enumerate(("val", "test")):
             tuned = t[f"tuned_{split}_auc"]
@@ -252,9 +253,7 @@ def tuned_vs_default(payload: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{name}: default vs tuned (TPE best of {payload['settings']['trials']})")
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 FIGURES = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.hpo import analysis as an
@@ -69,6 +70,19 @@ def best_known_source(dataset: dict[str, Any]) -> dict[str, Any]:
 
 def _spread_of(values) -> dict[str, float]:
     return an.spread(list(values))
+
+
+def _paired_by_seed(
+    dataset: dict[str, Any], arm: str, ref_arm: str, row: Callable[[dict, dict], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per run of `arm`: its seed, then `row(run, ref)` against `ref_arm`'s run of that seed."""
+    refs = {run["seed"]: run for run in dataset["runs"][ref_arm]}
+    return [{"seed": run["seed"], **row(run, refs[run["seed"]])} for run in dataset["runs"][arm]]
+
+
+def _rows_with_spreads(rows: list[dict[str, Any]], *keys: str) -> dict[str, Any]:
+    """Per-seed rows, and the spread over seeds of each of `keys`."""
+    return {"rows": rows, **{key: _spread_of(r[key] for r in rows) for key in keys}}
 
 
 def search_curves(dataset: dict[str, Any], grid_by_seed: dict[int, dict[str, Any]], n_trials: int) -> dict:
@@ -176,31 +190,24 @@ def time_to_target_by_arm(
 def pruning(dataset: dict[str, Any], pruned_arm: str, epochs: int, full_arm: str = TPE) -> dict[str, Any]:
     """Figure 3: epochs the pruned search did not run and the best val AUC it gave up, per seed
     against the unpruned search of the same seed (positive cost = pruning lost AUC)."""
-    full = {run["seed"]: run for run in dataset["runs"][full_arm]}
-    rows = []
-    for run in dataset["runs"][pruned_arm]:
-        ref = full[run["seed"]]
-        rows.append(
-            {
-                "seed": run["seed"],
-                "epochs_pruned": run["epochs_run"],
-                "epochs_full": ref["epochs_run"],
-                "saved": an.epochs_saved(run["epochs_run"], ref["epochs_run"]),
-                "auc_cost_points": an.points(best_value(ref) - best_value(run)),
-                "n_pruned": sum(1 for t in run["trials"] if t["status"] == "pruned"),
-                # pruned after its final epoch: fully trained, yet its value is thrown away
-                "n_pruned_at_last_epoch": sum(
-                    1 for t in run["trials"] if t["status"] == "pruned" and t.get("epochs_run") == epochs
-                ),
-                "wall_saved": 1.0 - run["wall_s"] / ref["wall_s"],
-            }
-        )
+
+    def row(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "epochs_pruned": run["epochs_run"],
+            "epochs_full": ref["epochs_run"],
+            "saved": an.epochs_saved(run["epochs_run"], ref["epochs_run"]),
+            "auc_cost_points": an.points(best_value(ref) - best_value(run)),
+            "n_pruned": sum(1 for t in run["trials"] if t["status"] == "pruned"),
+            # pruned after its final epoch: fully trained, yet its value is thrown away
+            "n_pruned_at_last_epoch": sum(
+                1 for t in run["trials"] if t["status"] == "pruned" and t.get("epochs_run") == epochs
+            ),
+            "wall_saved": 1.0 - run["wall_s"] / ref["wall_s"],
+        }
+
+    rows = _paired_by_seed(dataset, pruned_arm, full_arm, row)
     return {
-        "rows": rows,
-        "saved": _spread_of(r["saved"] for r in rows),
-        "auc_cost_points": _spread_of(r["auc_cost_points"] for r in rows),
-        "wall_saved": _spread_of(r["wall_saved"] for r in rows),
-        "n_pruned": _spread_of(r["n_pruned"] for r in rows),
+        **_rows_with_spreads(rows, "saved", "auc_cost_points", "wall_saved", "n_pruned"),
         "n_pruned_at_last_epoch": sum(r["n_pruned_at_last_epoch"] for r in rows),
     }
 
@@ -220,38 +227,25 @@ def pruning_replay(dataset: dict[str, Any], spec: str) -> dict[str, Any]:
                 "n_pruned": sum(1 for t in replay if t["value"] is None),
             }
         )
-    return {
-        "rows": rows,
-        "saved": _spread_of(r["saved"] for r in rows),
-        "auc_cost_points": _spread_of(r["auc_cost_points"] for r in rows),
-        "n_pruned": _spread_of(r["n_pruned"] for r in rows),
-    }
+    return _rows_with_spreads(rows, "saved", "auc_cost_points", "n_pruned")
 
 
 def parallelism(dataset: dict[str, Any], one: str = TPE_PRUNED, two: str = TPE_PARALLEL) -> dict[str, Any]:
     """Figure 4: wall-time speed-up of 2 trials at once over 1, same trial count and pruner; also
     per epoch run, since the two runs prune differently."""
-    seq = {run["seed"]: run for run in dataset["runs"][one]}
-    rows = []
-    for run in dataset["runs"][two]:
-        ref = seq[run["seed"]]
-        rows.append(
-            {
-                "seed": run["seed"],
-                "wall_1": ref["wall_s"],
-                "wall_2": run["wall_s"],
-                "speedup": ref["wall_s"] / run["wall_s"],
-                "epochs_1": ref["epochs_run"],
-                "epochs_2": run["epochs_run"],
-                "speedup_per_epoch": (run["epochs_run"] / run["wall_s"])
-                / (ref["epochs_run"] / ref["wall_s"]),
-            }
-        )
-    return {
-        "rows": rows,
-        "speedup": _spread_of(r["speedup"] for r in rows),
-        "speedup_per_epoch": _spread_of(r["speedup_per_epoch"] for r in rows),
-    }
+
+    def row(run: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "wall_1": ref["wall_s"],
+            "wall_2": run["wall_s"],
+            "speedup": ref["wall_s"] / run["wall_s"],
+            "epochs_1": ref["epochs_run"],
+            "epochs_2": run["epochs_run"],
+            "speedup_per_epoch": (run["epochs_run"] / run["wall_s"]) / (ref["epochs_run"] / ref["wall_s"]),
+        }
+
+    rows = _paired_by_seed(dataset, two, one, row)
+    return _rows_with_spreads(rows, "speedup", "speedup_per_epoch")
 
 
 def tuned_vs_default(dataset: dict[str, Any], arm: str = TPE) -> dict[str, Any]:

@@ -18,6 +18,9 @@ JOB_NAME_ENV = "DMLT_JOB_NAME"
 NODE_RANK_ENV = "DMLT_NODE_RANK"
 ATTEMPT_ENV = "DMLT_ATTEMPT"
 
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+"""The Optuna storage of a search run on one machine (the trainer's hp_search, `dmlt tune --local`)."""
+
 # --- the user attributes a finished trial run leaves on its Optuna trial ---------------------
 ATTR_OUTCOME = "dmlt.outcome"
 ATTR_VALUE = "dmlt.value"

@@ -8,6 +8,7 @@ Every error is one line on stderr and a non-zero exit code (see EXIT_CODES in do
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -23,7 +24,7 @@ from dmlt import upstream as up
 from dmlt.client import Client, resolve_kind
 from dmlt.errors import ClusterUnavailable, DmltError, InvalidSpec
 from dmlt.jobs import Job, Study
-from dmlt.local import DEFAULT_STORAGE, RUNS_DIR, LocalJob, LocalPaths, LocalStudy
+from dmlt.local import RUNS_DIR, LocalJob, LocalPaths, LocalStudy
 from dmlt.observe import JobState, StudyState
 from dmlt.show import describe_job, describe_study, job_summary, study_summary
 
@@ -95,7 +96,7 @@ def build_parser() -> Parser:
         help="one parameter: lr=float:1e-4:1e-2:log, batchSize=int:256:1024:step=256, "
         "hiddenDims=choice:64-32,128-64 (repeatable)",
     )
-    g.add_argument("--algorithm", choices=("tpe", "random", "grid", "cmaes"), help="default: --sampler")
+    g.add_argument("--algorithm", choices=up.STUDY_ALGORITHMS, help="default: --sampler")
     g.add_argument("--max-trials", type=int, help="default: --hp-trials")
     g.add_argument("--parallelism", type=int, help="default: --parallel-trials")
     g.add_argument("--max-failed-trials", type=int)
@@ -122,7 +123,7 @@ def build_parser() -> Parser:
     wait.add_argument(
         "--for",
         dest="until",
-        default="Succeeded",
+        default=up.SUCCEEDED,
         help="a phase (Succeeded, Failed, Running), finished, or condition=TYPE (default Succeeded)",
     )
     wait.add_argument("--timeout", type=duration, default=None, help="e.g. 30s, 10m (default: no limit)")
@@ -159,16 +160,14 @@ def _print_object(obj: Any, fmt: str, out: TextIO) -> None:
 # --------------------------------------------------------------------------- train / tune
 
 
+def _flag_group(options: type[Any], args: argparse.Namespace, **given: Any) -> Any:
+    """An options dataclass from the flags whose names are its fields (`given` wins)."""
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(options) if hasattr(args, f.name)}
+    return options(**{**flags, **given})
+
+
 def _cluster_options(args: argparse.Namespace, client: Client) -> specs.ClusterOptions:
-    return specs.ClusterOptions(
-        replicas=args.replicas,
-        procs_per_node=args.procs_per_node,
-        image=args.image or client.image,
-        cpu=args.cpu,
-        memory=args.memory,
-        gpus=args.gpus,
-        queue=args.queue,
-    )
+    return _flag_group(specs.ClusterOptions, args, image=args.image or client.image)
 
 
 def _trainer_config(rest: list[str]) -> up.RunConfig:
@@ -230,7 +229,7 @@ def follow_to_end(
     state = target.state()
     for line in summary(target, state):
         print(line, file=out)
-    return 0 if state.phase == "Succeeded" else 1
+    return 0 if state.phase == up.SUCCEEDED else 1
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str], client: Client, out: TextIO) -> int:
@@ -259,14 +258,7 @@ def _space(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_tune(args: argparse.Namespace, rest: list[str], client: Client, out: TextIO) -> int:
     cfg = _trainer_config(rest)
-    options = specs.StudyOptions(
-        algorithm=args.algorithm,
-        max_trials=args.max_trials,
-        parallelism=args.parallelism,
-        max_failed_trials=args.max_failed_trials,
-        registered_model=args.registered_model,
-        storage_secret=args.storage_secret,
-    )
+    options = _flag_group(specs.StudyOptions, args)
     if cfg.hpo.storage and not args.local:
         raise InvalidSpec(
             "--storage is for --local studies; on a cluster the URL comes from a Secret: "
@@ -277,7 +269,7 @@ def cmd_tune(args: argparse.Namespace, rest: list[str], client: Client, out: Tex
     )
     name = specs.job_name(args.name, cfg, prefix="tune")
     specs.check_name(up.STUDY_KIND, name)
-    storage = cfg.hpo.storage or DEFAULT_STORAGE
+    storage = cfg.hpo.storage or up.DEFAULT_STORAGE
 
     def start_local() -> LocalStudy:
         print(f"local study {name} on {storage}", file=sys.stderr)

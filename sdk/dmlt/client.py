@@ -21,7 +21,7 @@ from dmlt import upstream as up
 from dmlt.errors import InvalidSpec, NotFound
 from dmlt.jobs import Job, Study
 from dmlt.kube import Kube, connect
-from dmlt.local import DEFAULT_STORAGE, LocalJob, LocalPaths, LocalStudy
+from dmlt.local import LocalJob, LocalPaths, LocalStudy
 from dmlt.observe import JobState, StudyState
 
 TrainerConfig = up.RunConfig | Mapping[str, Any] | str | os.PathLike | None
@@ -207,7 +207,7 @@ class Client:
         name: str | None = None,
         namespace: str | None = None,
         local: bool = False,
-        storage: str = DEFAULT_STORAGE,
+        storage: str = up.DEFAULT_STORAGE,
         local_dir: str | os.PathLike = ".",
         **trainer: Any,
     ) -> Study | LocalStudy:

@@ -77,27 +77,41 @@ def _pod_ref(pod: V1Pod, prefix: str = "") -> PodRef | None:
     return PodRef(pod.metadata.name, pod.metadata.uid, f"{prefix}rank {rank}", attempt, rank, started)
 
 
-class Job:
+class _ClusterObject:
+    """A dmlt object in the cluster, by kind, namespace and name."""
+
+    kind: str
+
+    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
+        self._kube = kube
+        self.namespace = namespace
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.namespace}/{self.name})"
+
+    @property
+    def what(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def object(self) -> dict[str, Any]:
+        """The object as the apiserver holds it."""
+        return self._kube.get(self.kind, self.namespace, self.name)
+
+    def delete(self) -> None:
+        """Delete the object (what it owns goes with it: a job's Pods and Service, a study's
+        trial jobs)."""
+        self._kube.delete(self.kind, self.namespace, self.name)
+
+
+class Job(_ClusterObject):
     """A TrainingJob in the cluster."""
 
     kind = up.KIND
 
     def __init__(self, kube: Kube, namespace: str, name: str, *, tracking_uri: str | None = None) -> None:
-        self._kube = kube
-        self.namespace = namespace
-        self.name = name
+        super().__init__(kube, namespace, name)
         self._tracking_uri = tracking_uri
-
-    def __repr__(self) -> str:
-        return f"Job({self.namespace}/{self.name})"
-
-    @property
-    def what(self) -> str:
-        return f"TrainingJob {self.namespace}/{self.name}"
-
-    def object(self) -> dict[str, Any]:
-        """The TrainingJob as the apiserver holds it."""
-        return self._kube.get(self.kind, self.namespace, self.name)
 
     def state(self) -> JobState:
         return JobState.from_object(self.object())
@@ -191,10 +205,6 @@ class Job:
         except (DmltError, OSError, ValueError):
             return MlflowRun(run_id=run_id, tracking_uri=uri or "")
 
-    def delete(self) -> None:
-        """Delete the TrainingJob (its Pods and Service go with it)."""
-        self._kube.delete(self.kind, self.namespace, self.name)
-
 
 @dataclass(frozen=True, slots=True)
 class BestTrial:
@@ -219,25 +229,10 @@ class BestTrial:
         )
 
 
-class Study:
+class Study(_ClusterObject):
     """A TuningStudy in the cluster."""
 
     kind = up.STUDY_KIND
-
-    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
-        self._kube = kube
-        self.namespace = namespace
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Study({self.namespace}/{self.name})"
-
-    @property
-    def what(self) -> str:
-        return f"TuningStudy {self.namespace}/{self.name}"
-
-    def object(self) -> dict[str, Any]:
-        return self._kube.get(self.kind, self.namespace, self.name)
 
     def _trial_jobs(self) -> list[dict[str, Any]]:
         return self._kube.list(up.KIND, self.namespace, f"{up.LABEL_STUDY}={self.name}")
@@ -284,7 +279,3 @@ class Study:
         return follow_logs(
             self._kube, self.namespace, pods, lambda: self.state().terminal, follow=follow, poll=poll
         )
-
-    def delete(self) -> None:
-        """Delete the TuningStudy (its trial jobs go with it)."""
-        self._kube.delete(self.kind, self.namespace, self.name)

@@ -31,9 +31,7 @@ from dmlt.mlflow_runs import MlflowRun, fetch_run
 from dmlt.observe import FINISHED, JobState, StudyState, TrialRow
 
 RUNS_DIR = ".dmlt/runs"
-DEFAULT_STORAGE = "sqlite:///optuna.db"
 LOCAL_NAMESPACE = "local"
-STORAGE_ENV = "DMLT_OPTUNA_STORAGE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +82,25 @@ def _error_line(text: str) -> str:
     return (errors or lines or ["the trainer exited"])[-1][:300]
 
 
-class LocalJob:
+class _LocalObject:
+    """A dmlt spec run on this machine: its name, and where its files go."""
+
+    kind: str
+
+    def __init__(self, name: str, paths: LocalPaths | None) -> None:
+        self.name = name
+        self.namespace = LOCAL_NAMESPACE
+        self.paths = paths or LocalPaths.default()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+    @property
+    def what(self) -> str:
+        return f"local {self.kind} {self.name}"
+
+
+class LocalJob(_LocalObject):
     """A TrainingJob spec running as dmlt-train on this machine."""
 
     kind = up.KIND
@@ -96,23 +112,14 @@ class LocalJob:
         paths: LocalPaths | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.name = name
-        self.namespace = LOCAL_NAMESPACE
+        super().__init__(name, paths)
         self.spec = spec
-        self.paths = paths or LocalPaths.default()
         self.dir = self.paths.root / RUNS_DIR / name
         self.log_file = self.dir / "output.log"
         self.result_file = self.dir / "result.json"
         self._env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = 0.0
-
-    def __repr__(self) -> str:
-        return f"LocalJob({self.name})"
-
-    @property
-    def what(self) -> str:
-        return f"local TrainingJob {self.name}"
 
     def argv(self) -> list[str]:
         return [
@@ -154,18 +161,18 @@ class LocalJob:
         text = self.output()
         epoch, finished = read_events(text)
         rc = self.returncode
-        phase, message = "Running", ""
+        phase, message = up.RUNNING, ""
         if rc == 0:
-            phase = "Succeeded"
+            phase = up.SUCCEEDED
         elif rc is not None:
-            phase, message = "Failed", f"exit code {rc}: {_error_line(text)}"
+            phase, message = up.FAILED, f"exit code {rc}: {_error_line(text)}"
         world = self.spec.world_size
         result = self.result() or {}
         return JobState(
             name=self.name,
             namespace=self.namespace,
             phase=phase,
-            ready=f"{world}/{world}" if phase == "Running" else None,
+            ready=f"{world}/{world}" if phase == up.RUNNING else None,
             epoch=(epoch or {}).get("epoch"),
             epochs=(epoch or {}).get("epochs") or self.spec.trainer.epochs,
             metrics={
@@ -228,7 +235,7 @@ class LocalJob:
 _TRIAL_STATES = {"COMPLETE": "Completed", "PRUNED": "Pruned", "FAIL": "Failed", "RUNNING": "Running"}
 
 
-class LocalStudy:
+class LocalStudy(_LocalObject):
     """A TuningStudy spec run on this machine against SQLite (default ./optuna.db)."""
 
     kind = up.STUDY_KIND
@@ -237,26 +244,17 @@ class LocalStudy:
         self,
         name: str,
         spec: up.TuningStudySpec,
-        storage: str = DEFAULT_STORAGE,
+        storage: str = up.DEFAULT_STORAGE,
         paths: LocalPaths | None = None,
     ) -> None:
-        self.name = name
-        self.namespace = LOCAL_NAMESPACE
+        super().__init__(name, paths)
         self.spec = spec
         self.storage = storage
-        self.paths = paths or LocalPaths.default()
         self.ref = up.StudyRef(name=name, namespace=LOCAL_NAMESPACE, uid="")
         self._store = up.local_study_store()
         self._handle = self._store.open_study(storage, self.ref.optuna_name, spec.objective.direction, "")
         self._current: tuple[Any, LocalJob] | None = None
         self._message = ""
-
-    def __repr__(self) -> str:
-        return f"LocalStudy({self.name})"
-
-    @property
-    def what(self) -> str:
-        return f"local TuningStudy {self.name}"
 
     def _records(self) -> list[Any]:
         return self._store.list_trials(self._handle)
@@ -275,9 +273,9 @@ class LocalStudy:
         counts = self._counts()
         if counts["failed"] > self.spec.max_failed_trials:
             self._message = f"{counts['failed']} trial(s) failed, more than maxFailedTrials"
-            return "Failed"
+            return up.FAILED
         if counts["completed"] + counts["pruned"] >= self.spec.effective_max_trials and not counts["running"]:
-            return "Succeeded"
+            return up.SUCCEEDED
         return None
 
     def advance(self) -> None:
@@ -308,7 +306,7 @@ class LocalStudy:
             trial.started,
         )
         job_spec = up.parse_spec(body["spec"])
-        job = LocalJob(body["metadata"]["name"], job_spec, self.paths, env={STORAGE_ENV: self.storage})
+        job = LocalJob(body["metadata"]["name"], job_spec, self.paths, env={up.STORAGE_ENV: self.storage})
         self._current = (trial, job.start())
 
     def rows(self) -> list[TrialRow]:
@@ -360,7 +358,7 @@ class LocalStudy:
 
     def state(self) -> StudyState:
         self.advance()
-        phase = self._done() or "Running"
+        phase = self._done() or up.RUNNING
         counts = self._counts()
         best = self.best_trial
         return StudyState(

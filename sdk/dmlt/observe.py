@@ -11,9 +11,6 @@ from typing import Any
 
 from dmlt import upstream as up
 
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-TERMINAL = (SUCCEEDED, FAILED)
 FINISHED = "finished"
 """`wait` for either terminal phase."""
 METRICS_SHOWN = ("val_auc", "val_loss", "train_loss", "val_accuracy", "lr")
@@ -88,7 +85,7 @@ class JobState:
 
     @property
     def terminal(self) -> bool:
-        return self.phase in TERMINAL
+        return self.phase in up.TERMINAL
 
     @property
     def progress(self) -> str:
@@ -146,7 +143,7 @@ class TrialRow:
         except ValueError:
             return None
         job = JobState.from_object(obj)
-        if job.phase == SUCCEEDED:
+        if job.phase == up.SUCCEEDED:
             state = "Pruned" if job.result == "pruned" else "Completed"
         else:
             state = TRIAL_STATES.get(job.phase or "", job.phase or "Pending")
@@ -210,7 +207,7 @@ class StudyState:
 
     @property
     def terminal(self) -> bool:
-        return self.phase in TERMINAL
+        return self.phase in up.TERMINAL
 
     def key(self) -> tuple[Any, ...]:
         return (
@@ -240,15 +237,15 @@ def wait_verdict(phase: str | None, conditions: Sequence[Mapping[str, Any]], unt
     `condition=TYPE` (that condition is True)."""
     wanted = until.strip()
     if wanted.lower() == FINISHED:
-        return True if phase in TERMINAL else None
+        return True if phase in up.TERMINAL else None
     if wanted.lower().startswith("condition="):
         kind = wanted.split("=", 1)[1].lower()
         if any(str(c.get("type", "")).lower() == kind and c.get("status") == "True" for c in conditions):
             return True
-        return False if phase in TERMINAL else None
+        return False if phase in up.TERMINAL else None
     if phase is not None and phase.lower() == wanted.lower():
         return True
-    return False if phase in TERMINAL else None
+    return False if phase in up.TERMINAL else None
 
 
 def format_params(params: Mapping[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dmlt import upstream as up
 from dmlt import view
 from dmlt.jobs import Job, Study
 from dmlt.local import LocalJob, LocalStudy
@@ -44,7 +45,7 @@ def job_summary(job: Job | LocalJob, state: JobState) -> list[str]:
         f"{state.restarts} restart(s)",
     ]
     lines = [f"{job.kind} {state.namespace}/{state.name} {state.phase}: {', '.join(d for d in detail if d)}"]
-    if state.phase != "Succeeded" and state.message:
+    if state.phase != up.SUCCEEDED and state.message:
         lines.append(f"reason: {state.message}")
     lines.append(f"final metrics: {_metrics_line(job.metrics())}")
     model = job.model_uri() if isinstance(job, LocalJob) else None
@@ -74,7 +75,7 @@ def study_summary(study: Study | LocalStudy, state: StudyState) -> list[str]:
         f"{study.kind} {state.namespace}/{state.name} {state.phase}: trials {state.trials_done} "
         f"({counts.get('pruned', 0)} pruned, {counts.get('failed', 0)} failed)"
     )
-    if state.phase != "Succeeded" and state.message:
+    if state.phase != up.SUCCEEDED and state.message:
         lines.append(f"reason: {state.message}")
     best = study.best_trial
     if best is None:

@@ -14,7 +14,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dmlt_contract import ATTR_MODEL_URI, ATTR_RUN_ID, EVENT_EPOCH, EVENT_FINISHED, parse_event
+from dmlt_contract import (
+    ATTR_MODEL_URI,
+    ATTR_RUN_ID,
+    DEFAULT_STORAGE,
+    EVENT_EPOCH,
+    EVENT_FINISHED,
+    STORAGE_ENV,
+    STUDY_ALGORITHMS,
+    parse_event,
+)
+from dmlt_operator.core.conditions import FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL
 from dmlt_operator.core.objects import API_VERSION, GROUP, STUDY_KIND, STUDY_PLURAL, VERSION
 from dmlt_operator.core.objects import JOB_KIND as KIND
 from dmlt_operator.core.objects import JOB_PLURAL as PLURAL
@@ -57,8 +67,10 @@ __all__ = [
     "ATTR_MODEL_URI",
     "ATTR_RUN_ID",
     "ConfigError",
+    "DEFAULT_STORAGE",
     "EVENT_EPOCH",
     "EVENT_FINISHED",
+    "FAILED",
     "GPU_RESOURCE",
     "GROUP",
     "KIND",
@@ -68,14 +80,20 @@ __all__ = [
     "LABEL_STUDY",
     "LABEL_TRIAL",
     "PARAMETER_KINDS",
+    "PENDING",
     "PLURAL",
+    "RUNNING",
     "RunConfig",
+    "STORAGE_ENV",
+    "STUDY_ALGORITHMS",
     "STUDY_KIND",
     "STUDY_PLURAL",
+    "SUCCEEDED",
     "SecretKeyRef",
     "SpecError",
     "StudyRef",
     "StudySpecError",
+    "TERMINAL",
     "TRAINER_MODULE",
     "TrainerSpec",
     "TrainingJobSpec",
@@ -163,7 +181,7 @@ def decide_local_result(trial: Any, job_name: str, succeeded: bool, result: str 
         name=job_name,
         number=trial.number,
         owner_uid=None,
-        phase="Succeeded" if succeeded else "Failed",
+        phase=SUCCEEDED if succeeded else FAILED,
         result=result,
         message="" if succeeded else "the local trainer process failed",
     )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmlt_contract import DEFAULT_STORAGE
+
 from dmlt_trainer.config import RunConfig, redact_url, replace
 from dmlt_trainer.data import PreparedData, prepare
 from dmlt_trainer.dist import DistContext, default_threads
@@ -22,7 +24,6 @@ from dmlt_trainer.train import FitResult, Trainer
 from dmlt_trainer.trial import best_value, make_pruner, objective_value
 
 log = logging.getLogger(__name__)
-DEFAULT_STORAGE = "sqlite:///optuna.db"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
 # The search space shared by every engine: name -> how Optuna samples it, and its grid.
