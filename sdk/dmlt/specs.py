@@ -28,6 +28,8 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # trainer field → the TrainingJob's trainer field (camelCase, as in the CRD).
 TRAINER_FIELDS = {
     "dataset": "dataset",
+    "data_path": "dataPath",
+    "target": "target",
     "n_samples": "nSamples",
     "epochs": "epochs",
     "batch_size": "batchSize",

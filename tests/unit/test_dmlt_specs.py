@@ -113,6 +113,7 @@ def test_trainer_defaults_are_the_trainers_not_the_specs():
             "fp16",
         ],
         ["--dataset", "synthetic", "--n-samples", "5000", "--hidden-dims", "128-64", "--eval-every", "2"],
+        ["--dataset", "file", "--data-path", "/data/x.parquet", "--target-column", "label"],
     ],
 )
 def test_each_rank_runs_exactly_what_dmlt_train_would(argv):
@@ -416,3 +417,11 @@ def test_no_cluster_is_one_line(capsys, monkeypatch, tmp_path):
     assert main(["get"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("dmlt: error: no cluster configured") and "--local" in err and err.count("\n") == 1
+
+
+def test_a_file_dataset_fills_the_specs_data_path_and_target():
+    spec = specs.build_job_spec(
+        cfg("--dataset", "file", "--data-path", "d.csv", "--target", "y"), specs.ClusterOptions()
+    )
+    assert (spec.trainer.dataset, spec.trainer.data_path, spec.trainer.target) == ("file", "d.csv", "y")
+    assert "--target" not in spec.trainer.extra_args and "--data-path" not in spec.trainer.extra_args
