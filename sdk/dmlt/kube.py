@@ -85,11 +85,13 @@ class Connection:
 def connect(context: str | None = None) -> Connection:
     """The kubeconfig (KUBECONFIG or ~/.kube/config), or the Pod's ServiceAccount inside a Pod."""
     namespace = "default"
+    # Read KUBECONFIG now: the client library's own default is taken once, when it is imported.
+    config_file = os.environ.get("KUBECONFIG") or None
     try:
-        config.load_kube_config(context=context)
-        _, current = config.list_kube_config_contexts()
+        config.load_kube_config(config_file=config_file, context=context)
+        contexts, current = config.list_kube_config_contexts(config_file=config_file)
         if context is not None:
-            current = next(c for c in config.list_kube_config_contexts()[0] if c["name"] == context)
+            current = next(c for c in contexts if c["name"] == context)
         namespace = (current.get("context") or {}).get("namespace") or "default"
     except Exception as kube_exc:  # noqa: BLE001 - missing file, bad YAML, unknown context ...
         try:

@@ -173,7 +173,9 @@ def test_logs_follow_both_ranks_across_a_gang_restart(dmlt, tmp_path):
     assert follower.returncode == 0, text
     before, marker, after = text.partition("[dmlt] --- gang restart: attempt 1 ---")
     assert marker, f"no gang restart marker in:\n{text[-3000:]}"
-    assert "[rank 0] " in before and "[rank 1] " in before
+    # Only rank 0 prints while training (epoch lines); rank 1's first line is its `finished`
+    # event, so the first attempt shows rank 0 and the second attempt both ranks' ends.
+    assert "[rank 0] " in before
     finished = [
         json.loads(line.split("] ", 1)[1]) for line in after.splitlines() if '"event": "finished"' in line
     ]
