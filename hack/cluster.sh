@@ -763,6 +763,7 @@ cmd_status() {
   done
   if [[ -f "$KUBECONFIG_ADMIN" ]] && kctl get --raw /readyz >/dev/null 2>&1; then
     kctl get nodes -o wide
+    kctl describe nodes | sed -n '/^Taints:/p;/^Conditions:/,/^Addresses:/p' | grep -v '^Addresses:'
     kctl get pods -A -o wide
     kctl get storageclass
   fi

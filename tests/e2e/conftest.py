@@ -159,6 +159,7 @@ def wait_for_pod(
             return PodResult(status.phase, "")
         if status.phase in until:
             return PodResult(status.phase, pod_logs(core_v1, name, ns))
+        _fail_if_unschedulable(pod, name, ns, since=deadline - timeout)
         for cs in (status.container_statuses or []) + (status.init_container_statuses or []):
             waiting = cs.state.waiting if cs.state else None
             if waiting and waiting.reason in _FATAL_WAITING:
@@ -180,3 +181,90 @@ def wait_for_pod(
         f"logs:\n{logs}",
         pytrace=False,
     )
+
+
+UNSCHEDULABLE_GRACE_S = 90.0
+"""How long a Pod may stay unschedulable before the wait gives up: a single-node cluster that
+cannot place a small Pod for this long (taints, disk or memory pressure) will not place it."""
+
+
+def _fail_if_unschedulable(pod: client.V1Pod, name: str, ns: str, *, since: float) -> None:
+    if time.monotonic() - since < UNSCHEDULABLE_GRACE_S:
+        return
+    for cond in pod.status.conditions or []:
+        if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+            pytest.fail(
+                f"Pod {ns}/{name} is still unschedulable after {UNSCHEDULABLE_GRACE_S:.0f}s: {cond.message}",
+                pytrace=False,
+            )
+
+
+PREFLIGHT_TIMEOUT_S = 420.0
+PREFLIGHT_SCRIPT = "import torch, dmlt_trainer; print('preflight ok', torch.__version__, flush=True)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster_runs_the_trainer_image(core_v1: client.CoreV1Api, trainer_image: str) -> None:
+    """Before any e2e test: one Pod of the trainer image runs to completion on the cluster.
+
+    When it cannot, every e2e test fails at once with this fixture's report (pytest keeps a
+    session fixture's error) instead of each waiting out its own timeout.
+    """
+    name = f"e2e-preflight-{uuid.uuid4().hex[:6]}"
+    core_v1.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"dmlt-e2e": "true"}))
+    )
+    try:
+        wait_for_default_service_account(core_v1, name)
+        core_v1.create_namespaced_pod(name, _preflight_pod(trainer_image))
+        try:
+            result = wait_for_pod(core_v1, "preflight", name, timeout=PREFLIGHT_TIMEOUT_S)
+        except pytest.fail.Exception as exc:
+            pytest.fail(
+                f"the cluster cannot run the trainer image: {exc}\n{cluster_report(core_v1, name)}",
+                pytrace=False,
+            )
+        if result.phase != "Succeeded" or "preflight ok" not in result.logs:
+            pytest.fail(
+                f"the trainer image's preflight Pod ended {result.phase}; logs:\n{result.logs}\n"
+                f"{cluster_report(core_v1, name)}",
+                pytrace=False,
+            )
+    finally:
+        core_v1.delete_namespace(name, propagation_policy="Background", grace_period_seconds=0)
+
+
+def _preflight_pod(image: str) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name="preflight"),
+        spec=client.V1PodSpec(
+            restart_policy="Never",
+            containers=[
+                client.V1Container(
+                    name="preflight",
+                    image=image,
+                    image_pull_policy="IfNotPresent",
+                    command=["python3", "-c", PREFLIGHT_SCRIPT],
+                    resources=client.V1ResourceRequirements(requests={"cpu": "50m", "memory": "256Mi"}),
+                )
+            ],
+        ),
+    )
+
+
+def cluster_report(core_v1: client.CoreV1Api, ns: str) -> str:
+    """The nodes' conditions, taints and allocatable resources, and the namespace's events."""
+    lines = []
+    for node in core_v1.list_node().items:
+        pressing = [f"{c.type}={c.status} ({c.reason})" for c in node.status.conditions or []]
+        taints = [f"{t.key}:{t.effect}" for t in node.spec.taints or []]
+        lines.append(
+            f"node {node.metadata.name}: {', '.join(pressing)}; taints {taints or 'none'}; "
+            f"allocatable {node.status.allocatable}"
+        )
+    for event in core_v1.list_namespaced_event(ns).items:
+        lines.append(
+            f"event {event.involved_object.kind}/{event.involved_object.name}: "
+            f"{event.type} {event.reason}: {event.message}"
+        )
+    return "\n".join(lines)
