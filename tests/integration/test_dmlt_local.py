@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,7 @@ def test_tune_local(tmp_path):
 def test_live_view_on_a_terminal(tmp_path):
     tmux = shutil.which("tmux")
     assert tmux, "needs tmux (apt-get install tmux) to test the live view on a real terminal"
-    session = f"dmlt-{tmp_path.name[-12:]}"
+    session = f"dmlt-tty-{uuid.uuid4().hex[:8]}"  # unique: another run may share the tmux server
     env = " ".join(
         f"{k}={v!s}" for k, v in cli_env().items() if k.startswith(("PYTHON", "MLFLOW", "OMP", "DO_"))
     )
@@ -168,7 +169,13 @@ def test_live_view_on_a_terminal(tmp_path):
         f"cd {tmp_path} && env {env} {sys.executable} -m dmlt.cli train --local --name tty {' '.join(SMALL)}"
     )
     command += " --no-log-model; echo EXIT=$?; sleep 600"
-    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command], check=True)
+    started = subprocess.run(
+        [tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert started.returncode == 0, f"tmux new-session failed: {started.stderr}"
     screens: list[str] = []
     try:
         deadline = time.monotonic() + 900
