@@ -42,9 +42,6 @@ KINDS = {
     "study": up.STUDY_KIND,
     "studies": up.STUDY_KIND,
 }
-CLUSTER_SETTINGS = ("replicas", "procs_per_node", "image", "cpu", "memory", "gpus", "queue")
-"""The keywords of `train` and `tune` that are ClusterOptions (where and how it runs); the
-others are the trainer's settings."""
 
 
 def trainer_config(config: TrainerConfig = None, **overrides: Any) -> up.RunConfig:
@@ -126,40 +123,57 @@ class Client:
 
     # ---- submitting
 
-    def _settings(
-        self, config: TrainerConfig, settings: Mapping[str, Any]
-    ) -> tuple[up.RunConfig, specs.ClusterOptions]:
-        """`train`'s and `tune`'s keywords: the CLUSTER_SETTINGS ones are the cluster's, the rest
-        the trainer's (over `config`)."""
-        cluster = {key: value for key, value in settings.items() if key in CLUSTER_SETTINGS}
-        trainer = {key: value for key, value in settings.items() if key not in CLUSTER_SETTINGS}
-        cluster["image"] = cluster.get("image") or self.image
-        return trainer_config(config, **trainer), specs.ClusterOptions(**cluster)
+    def _cluster(
+        self,
+        replicas: int | None,
+        procs_per_node: int | None,
+        image: str | None,
+        cpu: str | None,
+        memory: str | None,
+        gpus: int,
+        queue: str | None,
+    ) -> specs.ClusterOptions:
+        return specs.ClusterOptions(
+            replicas=replicas,
+            procs_per_node=procs_per_node,
+            image=image or self.image,
+            cpu=cpu,
+            memory=memory,
+            gpus=gpus,
+            queue=queue,
+        )
 
     def train(
         self,
         config: TrainerConfig = None,
         *,
+        replicas: int | None = None,
+        procs_per_node: int | None = None,
+        image: str | None = None,
+        cpu: str | None = None,
+        memory: str | None = None,
+        gpus: int = 0,
+        queue: str | None = None,
         name: str | None = None,
         namespace: str | None = None,
         local: bool = False,
         local_dir: str | os.PathLike = ".",
-        **settings: Any,
+        **trainer: Any,
     ) -> Job | LocalJob:
         """Start a training run; returns at once with a handle (call `.wait()` on it).
 
-        `config` and `**settings` are the trainer's settings (the dmlt-train flags by their
-        field names: `epochs=5, dataset="breast_cancer"`), but for the CLUSTER_SETTINGS ones
-        (`replicas=2, cpu="500m"`: ClusterOptions). With `local=True` the same spec runs on this
-        machine (one process, or local ranks when replicas x procs_per_node > 1).
+        `config` and `**trainer` are the trainer's settings (the dmlt-train flags by their
+        field names: `epochs=5, dataset="breast_cancer"`). With `local=True` the same spec runs
+        on this machine (one process, or local ranks when replicas x procs_per_node > 1).
         """
-        cfg, cluster = self._settings(config, settings)
+        cfg = trainer_config(config, **trainer)
+        cluster = self._cluster(replicas, procs_per_node, image, cpu, memory, gpus, queue)
         spec = specs.build_job_spec(cfg, cluster, local=local)
         job_name = specs.job_name(name, cfg)
         specs.check_name(up.KIND, job_name)
         if local:
             return LocalJob(job_name, spec, LocalPaths.default(local_dir, cfg)).start()
-        return self.submit(up.KIND, job_name, spec, namespace=namespace, queue=cluster.queue)
+        return self.submit(up.KIND, job_name, spec, namespace=namespace, queue=queue)
 
     def submit(
         self,
@@ -183,26 +197,33 @@ class Client:
         config: TrainerConfig = None,
         *,
         options: specs.StudyOptions | None = None,
+        replicas: int | None = None,
+        procs_per_node: int | None = None,
+        image: str | None = None,
+        cpu: str | None = None,
+        memory: str | None = None,
+        gpus: int = 0,
+        queue: str | None = None,
         name: str | None = None,
         namespace: str | None = None,
         local: bool = False,
         storage: str = up.DEFAULT_STORAGE,
         local_dir: str | os.PathLike = ".",
-        **settings: Any,
+        **trainer: Any,
     ) -> Study | LocalStudy:
         """Start a search over `space`; each trial is a TrainingJob of these trainer settings.
 
-        `config` and `**settings` are as in `train`. The trainer's hp settings (`objective`,
-        `direction`, `pruner`, `sampler`, `hp_trials`, `parallel_trials`, ...) set the study's;
-        `options` the rest. With `local=True` the study runs here on SQLite (`storage`), one trial
-        at a time, while it is waited on."""
-        cfg, cluster = self._settings(config, settings)
+        The trainer's hp settings (`objective`, `direction`, `pruner`, `sampler`, `hp_trials`,
+        `parallel_trials`, ...) set the study's; `options` the rest. With `local=True` the study
+        runs here on SQLite (`storage`), one trial at a time, while it is waited on."""
+        cfg = trainer_config(config, **trainer)
+        cluster = self._cluster(replicas, procs_per_node, image, cpu, memory, gpus, queue)
         spec = specs.build_study_spec(cfg, cluster, load_space(space), options or specs.StudyOptions(), local)
         study_name = specs.job_name(name, cfg, prefix="tune")
         specs.check_name(up.STUDY_KIND, study_name)
         if local:
             return LocalStudy(study_name, spec, storage, LocalPaths.default(local_dir, cfg))
-        return self.submit(up.STUDY_KIND, study_name, spec, namespace=namespace, queue=cluster.queue)
+        return self.submit(up.STUDY_KIND, study_name, spec, namespace=namespace, queue=queue)
 
     # ---- finding
 
