@@ -218,12 +218,7 @@ PY
     # ~6 GB less to write). buildah's archive also names the image localhost/NAME; drop that.
     local full t0=$SECONDS
     full="$(normalize_ref "$ref")"
-    log "$target: loading into containerd as $full"
-    "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:/dev/stdout:$full" \
-      | ctr --address "$SOCK" -n k8s.io images import - >/dev/null \
-      || die "loading $ref into containerd failed"
-    ctr --address "$SOCK" -n k8s.io images label "$full" "dmlt.hash=$key" >/dev/null \
-      || die "$ref did not load as $full (ctr -n k8s.io images ls)"
+    load_into_containerd "$target" "$ref" "$full" "$key"
     # (removing a name also runs containerd's garbage collection: --sync waits for it, so the
     # layers of the image version this one replaced are freed now, not at some later GC)
     ctr --address "$SOCK" -n k8s.io images rm --sync "localhost/$ref" >/dev/null 2>&1 || true
@@ -268,6 +263,13 @@ stream_load() {
     log "$name: $full already in containerd ($key)"
     return 0
   fi
+  load_into_containerd "$name" "$ref" "$full" "$key"
+}
+
+# load_into_containerd NAME REF FULL KEY: stream the buildah image REF into containerd as FULL,
+# labelled with its content hash KEY.
+load_into_containerd() {
+  local name="$1" ref="$2" full="$3" key="$4"
   log "$name: loading into containerd as $full"
   "${BUILDAH[@]}" push --quiet "$ref" "docker-archive:/dev/stdout:$full" \
     | ctr --address "$SOCK" -n k8s.io images import - >/dev/null \

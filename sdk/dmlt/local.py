@@ -31,7 +31,6 @@ from dmlt.mlflow_runs import MlflowRun, fetch_run
 from dmlt.observe import FINISHED, JobState, StudyState, TrialRow
 
 RUNS_DIR = ".dmlt/runs"
-LOCAL_NAMESPACE = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +85,10 @@ class _LocalObject:
     """A dmlt spec run on this machine: its name, and where its files go."""
 
     kind: str
+    namespace = "local"
 
     def __init__(self, name: str, paths: LocalPaths | None) -> None:
         self.name = name
-        self.namespace = LOCAL_NAMESPACE
         self.paths = paths or LocalPaths.default()
 
     def __repr__(self) -> str:
@@ -250,7 +249,7 @@ class LocalStudy(_LocalObject):
         super().__init__(name, paths)
         self.spec = spec
         self.storage = storage
-        self.ref = up.StudyRef(name=name, namespace=LOCAL_NAMESPACE, uid="")
+        self.ref = up.StudyRef(name=name, namespace=self.namespace, uid="")
         self._store = up.local_study_store()
         self._handle = self._store.open_study(storage, self.ref.optuna_name, spec.objective.direction, "")
         self._current: tuple[Any, LocalJob] | None = None

@@ -17,8 +17,6 @@ from typing import Protocol
 
 from dmlt.errors import DmltError
 
-MARKER = "dmlt"
-
 
 @dataclass(frozen=True, slots=True)
 class LogLine:
@@ -29,6 +27,11 @@ class LogLine:
     attempt: int
     text: str
     time_ns: int = 0
+
+    @classmethod
+    def marker(cls, attempt: int, text: str) -> LogLine:
+        """A line of the client's own between the ranks' lines."""
+        return cls("dmlt", attempt, text)
 
     def __str__(self) -> str:
         return f"[{self.source}] {self.text}"
@@ -117,7 +120,7 @@ def follow_logs(
         batch: list[LogLine] = []
         for attempt in sorted({p.attempt for p in pods} - attempts_seen):
             if attempts_seen:
-                batch.append(LogLine(MARKER, attempt, f"--- gang restart: attempt {attempt} ---"))
+                batch.append(LogLine.marker(attempt, f"--- gang restart: attempt {attempt} ---"))
             attempts_seen.add(attempt)
         for pod in pods:
             if not pod.started:

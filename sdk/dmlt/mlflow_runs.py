@@ -18,7 +18,7 @@ ProxyGet = Callable[[str, str, str, str, Mapping[str, str]], bytes]
 """(namespace, service, port, path, query) → body: the apiserver's service proxy."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MlflowRun:
     """What MLflow holds about one run."""
 

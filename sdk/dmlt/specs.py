@@ -372,10 +372,11 @@ def study_spec_dict(
     cluster: ClusterOptions,
     space: Mapping[str, Any],
     options: StudyOptions = StudyOptions(),
-    local: bool = False,
+    skip: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The TuningStudy spec: hp flags, then the space file's study fields, then the space."""
-    template = job_spec_dict(cfg, cluster, skip=LOCAL_ONLY if local else ())
+    """The TuningStudy spec: hp flags, then the space file's study fields, then the space; its
+    trial template is `job_spec_dict`'s (`skip` as there)."""
+    template = job_spec_dict(cfg, cluster, skip)
     if cfg.hpo.trial_epochs:
         template["trainer"]["epochs"] = cfg.hpo.trial_epochs
     spec = _hp_settings(cfg, options)
@@ -401,4 +402,6 @@ def build_study_spec(
 ) -> up.TuningStudySpec:
     if not space.get("parameters"):
         raise InvalidSpec("a study needs a search space: --space FILE or at least one --param")
-    return validate_study_spec(study_spec_dict(cfg, cluster, space, options, local))
+    return validate_study_spec(
+        study_spec_dict(cfg, cluster, space, options, skip=LOCAL_ONLY if local else ())
+    )

@@ -19,6 +19,12 @@ MANAGED_BY = "dmlt-operator"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 
 
+def managed_labels(owner_label: str, owner: Any) -> dict[str, Any]:
+    """The labels that mark the children of one dmlt object (`owner`: its name, or a selector
+    value such as kopf.PRESENT)."""
+    return {LABEL_MANAGED_BY: MANAGED_BY, owner_label: owner}
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectRef:
     """The identity of a dmlt custom object: enough to name and own its children."""

@@ -23,9 +23,10 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-def repeated(names: list[str]) -> str:
-    """The names that occur more than once, sorted and comma-separated ("" when none do)."""
-    return ", ".join(sorted({n for n in names if names.count(n) > 1}))
+def refuse_repeated(names: list[str], message: str) -> None:
+    """ValueError `<message>: <the names that occur more than once, sorted>` if any do."""
+    if dupes := ", ".join(sorted({n for n in names if names.count(n) > 1})):
+        raise ValueError(f"{message}: {dupes}")
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

@@ -15,9 +15,8 @@ from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.objects import (
     JOB_KIND,
     LABEL_COMPONENT,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
     ObjectRef,
+    managed_labels,
     owner_reference,
 )
 from dmlt_operator.trainingjob.spec import TrainingJobSpec
@@ -54,7 +53,7 @@ def master_addr(job: str) -> str:
 
 def job_labels(job: str) -> dict[str, str]:
     """Labels on every child of a job; also the Service's selector."""
-    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: job}
+    return managed_labels(LABEL_JOB, job)
 
 
 def rank_labels(job: str, rank: int, attempt: int) -> dict[str, str]:

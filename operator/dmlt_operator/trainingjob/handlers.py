@@ -18,7 +18,7 @@ from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
 from dmlt_operator.core.kube import TrainingJobKube
-from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, LABEL_MANAGED_BY, MANAGED_BY, VERSION
+from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, VERSION, managed_labels
 from dmlt_operator.trainingjob import build as res
 from dmlt_operator.trainingjob import plan as rc
 from dmlt_operator.trainingjob.pods import PodSummary, summarize_pod
@@ -32,7 +32,7 @@ RECONCILE_METRICS = core.ReconcileMetrics(metrics.RECONCILE_ERRORS, metrics.RECO
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     """Register the TrainingJob handlers; `cfg` gives the timer its interval."""
     kopf.on.startup(registry=registry)(configure)
-    pod_labels = {LABEL_MANAGED_BY: MANAGED_BY, res.LABEL_JOB: kopf.PRESENT}
+    pod_labels = managed_labels(res.LABEL_JOB, kopf.PRESENT)
     kopf.index("pods", labels=pod_labels, registry=registry)(trainer_pods)
     kopf.on.create(GROUP, VERSION, JOB_PLURAL, registry=registry)(check_spec)
     kopf.on.resume(GROUP, VERSION, JOB_PLURAL, registry=registry)(check_spec)

@@ -19,7 +19,7 @@ ABSENT = "Absent"
 TERMINATING = "Terminating"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PodSummary:
     """What the reconciler needs to know about one trainer Pod."""
 

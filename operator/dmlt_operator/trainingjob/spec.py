@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from dmlt_contract import DatasetName
 from dmlt_operator.core import kube_formats as kf
-from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
+from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, refuse_repeated
 from pydantic import (
     AfterValidator,
     Field,
@@ -269,8 +269,7 @@ class TrainingJobSpec(SpecModel):
     @field_validator("env")
     @classmethod
     def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
-        if dupes := repeated([e.name for e in env]):
-            raise ValueError(f"duplicate env names: {dupes}")
+        refuse_repeated([e.name for e in env], "duplicate env names")
         return env
 
     @model_validator(mode="after")

@@ -18,10 +18,9 @@ from dmlt_operator.core.objects import (
     API_VERSION,
     JOB_KIND,
     LABEL_COMPONENT,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
     STUDY_KIND,
     ObjectRef,
+    managed_labels,
     owner_reference,
 )
 from dmlt_operator.trainingjob.build import format_number
@@ -62,7 +61,7 @@ def trial_job_name(study: str, number: int) -> str:
 
 def study_labels(study: str) -> dict[str, str]:
     """Labels on every trial job of a study; also the selector that lists them."""
-    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STUDY: study}
+    return managed_labels(LABEL_STUDY, study)
 
 
 def study_selector(study: str) -> str:

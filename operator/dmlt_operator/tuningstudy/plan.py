@@ -183,7 +183,7 @@ class Best:
     value: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MlflowSide:
     """The study's MLflow side as the handler found it this tick."""
 
@@ -488,7 +488,10 @@ def plan(
     `blocked`: why no trial may start now (e.g. the parent run cannot be created yet).
     """
     b = StudyBuilder(ref, dict(status or {}), now, MANAGED_STATUS, StudyPlan)
-    o = observe(b, spec, trials, jobs, MlflowSide(tracking, parent_run_id, blocked, model_name or ref.name))
+    side = MlflowSide(
+        tracking=tracking, parent_run_id=parent_run_id, blocked=blocked, model_name=model_name or ref.name
+    )
+    o = observe(b, spec, trials, jobs, side)
     ended = plan_ended(b, o)
     if ended is not None:
         return ended

@@ -18,7 +18,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from dmlt_contract import EPOCH_METRICS, Direction, PrunerName, StudyAlgorithmName
-from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, repeated
+from dmlt_operator.core.spec import SpecError, SpecModel, check_name, field_path, refuse_repeated
 from dmlt_operator.trainingjob.spec import DnsSubdomain, TrainerSpec, TrainingJobSpec, parse_spec
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -298,8 +298,7 @@ class TuningStudySpec(SpecModel):
     @field_validator("parameters")
     @classmethod
     def _unique_names(cls, parameters: list[ParameterSpec]) -> list[ParameterSpec]:
-        if dupes := repeated([p.name for p in parameters]):
-            raise ValueError(f"parameter names must be unique; repeated: {dupes}")
+        refuse_repeated([p.name for p in parameters], "parameter names must be unique; repeated")
         return parameters
 
     @field_validator("trial_template")
