@@ -15,12 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.control_plane import ROOT, ControlPlane, StaticToken, free_port, wait_until
+from tests.helpers.control_plane import OPERATOR_TOKEN, ROOT, ControlPlane, free_port, wait_until
 
 NS = "itest"
-SA_USER = "system:serviceaccount:dmlt:dmlt-operator"
-OPERATOR_TOKEN = StaticToken("optoken", SA_USER, ("system:serviceaccounts", "system:authenticated"))
-"""The chart's ServiceAccount identity, as a static token (its RBAC binds that user)."""
 
 APISERVER_MARKS = [
     pytest.mark.integration,

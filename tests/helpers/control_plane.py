@@ -83,6 +83,11 @@ class StaticToken:
         return f'{self.token},{self.user},{self.user},"{",".join(self.groups)}"'
 
 
+SA_USER = "system:serviceaccount:dmlt:dmlt-operator"
+OPERATOR_TOKEN = StaticToken("optoken", SA_USER, ("system:serviceaccounts", "system:authenticated"))
+"""The chart's operator ServiceAccount, as a static token (the chart's RBAC binds that user)."""
+
+
 class ControlPlane:
     """etcd + kube-apiserver (+ controllers on request) under `work`; `stop()` ends them all.
 
