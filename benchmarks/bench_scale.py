@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.scale import audit, procstat, prom, stats  # noqa: E402
 from benchmarks.scale.jobs import example_job, manifest, scale_jobs  # noqa: E402
 from benchmarks.scale.kwok import fake_nodes, kwok_dir, start_kwok  # noqa: E402
-from benchmarks.scale.observe import KubeHttp, Watcher  # noqa: E402
+from benchmarks.scale.observe import KubeHttp, Timeline, Watcher  # noqa: E402
 from benchmarks.scale.operator_process import start_operator  # noqa: E402
 from benchmarks.scale.report import render_table  # noqa: E402
 from tests.helpers.control_plane import ADMIN_TOKEN, OPERATOR_TOKEN, SA_USER, ControlPlane, wait_until  # noqa: E402
@@ -52,6 +53,9 @@ from tests.helpers.control_plane import ADMIN_TOKEN, OPERATOR_TOKEN, SA_USER, Co
 RESULTS = HERE / "results" / "scale.json"
 NAMESPACE = "scale"
 RANKS = 2
+CHART_API_KINDS = ("Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
+                   "ClusterRoleBinding", "Role", "RoleBinding")  # fmt: skip
+"""What of the chart is applied: its CRDs and RBAC (its Deployments would start on fake nodes)."""
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -101,9 +105,10 @@ def _seconds_until(
 
 def _prepare(plane: ControlPlane, nodes: int, timeout: float) -> None:
     plane.start_controllers(
-        # The simulated nodes' health is not measured here: a kwok starved of CPU on a busy
-        # machine must not get its nodes tainted and their Pods evicted in the middle of a run.
-        disabled=["node-lifecycle-controller"],
+        # The simulated nodes' health is not what is measured: a kwok starved of CPU on a busy
+        # machine must not get its nodes marked NotReady (and their Pods evicted) mid-run. The
+        # node lifecycle controller stays on: it lifts the not-ready taint new nodes start with.
+        controller_manager_args=["--node-monitor-grace-period=600s"],
     )
     start_kwok(plane)
     node_file = plane.work / "nodes.yaml"
@@ -116,16 +121,22 @@ def _prepare(plane: ControlPlane, nodes: int, timeout: float) -> None:
     wait_until(lambda: subprocess.run(get_sa, capture_output=True).returncode == 0, 60, "the default SA")
 
 
+def _operator_requests(work: Path, start: float, end: float) -> tuple[Any, Any]:
+    """The operator's requests received in [start, end) by kind, and their responses' codes."""
+    with open(work / "audit.log") as f:
+        lines = f.readlines()
+    return (audit.requests_in_window(lines, SA_USER, start, end),
+            audit.response_codes_in_window(lines, SA_USER, start, end))  # fmt: skip
+
+
 def _steady_window(plane: ControlPlane, http: KubeHttp, pid: int, seconds: float) -> dict[str, Any]:
+    """Operator CPU and requests, and all clients' requests, over `seconds` of nothing changing."""
     metrics_before = http.get_text("/metrics")
     cpu_before, start = procstat.cpu_seconds(pid), time.time()
     time.sleep(seconds)
     cpu_after, end = procstat.cpu_seconds(pid), time.time()
     metrics_after = http.get_text("/metrics")
-    with open(plane.work / "audit.log") as f:
-        lines = f.readlines()
-    by_kind = audit.requests_in_window(lines, SA_USER, start, end)
-    codes = audit.response_codes_in_window(lines, SA_USER, start, end)
+    by_kind, codes = _operator_requests(plane.work, start, end)
     all_requests = prom.total(metrics_after, "apiserver_request_total") - prom.total(
         metrics_before, "apiserver_request_total"
     )
@@ -141,60 +152,84 @@ def _steady_window(plane: ControlPlane, http: KubeHttp, pid: int, seconds: float
     }
 
 
+def _baseline_apply(plane: ControlPlane, job_file: Path, timeout: float) -> float:
+    """`kubectl apply` of the jobs with no operator running; the jobs are deleted again."""
+    took = _kubectl_timed(plane, "apply", "-f", str(job_file))
+    _kubectl_timed(plane, "delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=true",
+                   f"--timeout={int(timeout)}s")  # fmt: skip
+    return took
+
+
+def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jobs: int,
+                 timeout: float) -> dict[str, Any]:  # fmt: skip
+    """Apply all jobs at once; times until all Pods exist and every job is Running, the lags."""
+    out: dict[str, Any] = {}
+    cpu_start, t0, wall0 = procstat.cpu_seconds(pid), time.monotonic(), time.time()
+    out["apply_s"] = _kubectl_timed(plane, "apply", "-f", str(job_file))
+    count_pods = lambda: tl.count(lambda t: len(t.pod_created))  # noqa: E731
+    count_running = lambda: tl.count(lambda t: len(t.job_running))  # noqa: E731
+    out["pods_created_s"], pods = _seconds_until("rank Pods", count_pods, RANKS * jobs, t0, timeout)
+    out["pods_created_s_reached"] = pods // RANKS
+    out["all_running_s"], out["all_running_s_reached"] = _seconds_until(
+        "phase Running", count_running, jobs, t0, timeout
+    )
+    out["operator_cpu_start_s"] = procstat.cpu_seconds(pid) - cpu_start
+    with tl.lock:
+        pod_running, job_running = dict(tl.pod_running), dict(tl.job_running)
+    lags = stats.running_lags(job_running, tl.pods_of_jobs(), pod_running, RANKS)
+    out["lag_s"] = stats.summary(list(lags.values()))
+    by_kind, codes = _operator_requests(plane.work, wall0, time.time())
+    out["start_operator_requests"] = dict(by_kind.most_common())
+    out["start_operator_responses"] = dict(codes.most_common())
+    return out
+
+
+def _delete_all(plane: ControlPlane, tl: Timeline, jobs: int, timeout: float) -> dict[str, Any]:
+    """Delete every job at once: seconds until all are gone (finalizers removed), all Pods gone."""
+    t_del = time.monotonic()
+    _kubectl_timed(plane, "delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
+    count_jobs = lambda: tl.count(lambda t: len(t.job_gone))  # noqa: E731
+    count_pods = lambda: tl.count(lambda t: len(t.pod_gone))  # noqa: E731
+    jobs_gone, jobs_reached = _seconds_until("jobs gone", count_jobs, jobs, t_del, timeout)
+    pods_gone, pods_reached = _seconds_until("Pods gone", count_pods, RANKS * jobs, t_del, timeout)
+    return {"jobs_gone_s": jobs_gone, "jobs_gone_reached": jobs_reached,
+            "pods_gone_s": pods_gone, "pods_gone_reached": pods_reached // RANKS}  # fmt: skip
+
+
 def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One benchmark run on a control plane of its own, in `work`."""
     policy = work / "audit-policy.yaml"
     policy.write_text(json.dumps(AUDIT_POLICY))
     audit_args = [f"--audit-policy-file={policy}", f"--audit-log-path={work / 'audit.log'}",
                   "--audit-log-maxsize=0"]  # fmt: skip
     entry: dict[str, Any] = {"jobs": jobs, "nodes": nodes, "ranks": RANKS}
-    with ControlPlane(work, tokens=[OPERATOR_TOKEN], apiserver_args=audit_args) as plane:
+    plane = ControlPlane(work, tokens=[OPERATOR_TOKEN], apiserver_args=audit_args,
+                         manifest_kinds=CHART_API_KINDS)  # fmt: skip
+    with plane:
         _prepare(plane, nodes, args.timeout)
         job_file = work / "jobs.yaml"
         job_file.write_text(manifest(scale_jobs(jobs, NAMESPACE, example_job())))
-        print(f"[{jobs} jobs] baseline apply, operator stopped", file=sys.stderr)
-        entry["apply_operator_stopped_s"] = _kubectl_timed(plane, "apply", "-f", str(job_file))
-        _kubectl_timed(plane, "delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=true",
-                       f"--timeout={int(args.timeout)}s")  # fmt: skip
+        _log(jobs, "baseline: kubectl apply with the operator stopped")
+        entry["apply_operator_stopped_s"] = _baseline_apply(plane, job_file, args.timeout)
 
         http = KubeHttp(plane.server, ADMIN_TOKEN)
         watcher = Watcher(http, NAMESPACE).start()
-        tl = watcher.timeline
         pid = start_operator(plane, plane.kubeconfig(OPERATOR_TOKEN.token, "operator"), dict(os.environ))
-        print(f"[{jobs} jobs] operator up (pid {pid}); applying", file=sys.stderr)
-        cpu_start, t0 = procstat.cpu_seconds(pid), time.monotonic()
-        entry["apply_s"] = _kubectl_timed(plane, "apply", "-f", str(job_file))
-        entry["pods_created_s"], pods = _seconds_until(
-            "rank Pods", lambda: tl.count(lambda t: len(t.pod_created)), RANKS * jobs, t0, args.timeout
-        )
-        entry["pods_created_s_reached"] = pods // RANKS
-        entry["all_running_s"], entry["all_running_s_reached"] = _seconds_until(
-            "phase Running", lambda: tl.count(lambda t: len(t.job_running)), jobs, t0, args.timeout
-        )
-        entry["operator_cpu_start_s"] = procstat.cpu_seconds(pid) - cpu_start
-        with tl.lock:
-            pod_running, job_running = dict(tl.pod_running), dict(tl.job_running)
-        lags = stats.running_lags(job_running, tl.pods_of_jobs(), pod_running, RANKS)
-        entry["lag_s"] = stats.summary(list(lags.values()))
-        print(f"[{jobs} jobs] all Running after {entry['all_running_s']}; steady window", file=sys.stderr)
-
+        _log(jobs, f"operator up (pid {pid}); applying all jobs")
+        entry.update(_start_burst(plane, watcher.timeline, pid, job_file, jobs, args.timeout))
+        _log(jobs, f"all Running after {entry['all_running_s']} s; steady window of {args.steady} s")
         time.sleep(args.settle)
         entry["steady"] = _steady_window(plane, http, pid, args.steady)
-        entry["steady"]["jobs_running"] = tl.count(lambda t: len(t.job_running))
-
-        print(f"[{jobs} jobs] deleting", file=sys.stderr)
-        t_del = time.monotonic()
-        _kubectl_timed(plane, "delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
-        jobs_gone, jobs_reached = _seconds_until(
-            "jobs gone", lambda: tl.count(lambda t: len(t.job_gone)), jobs, t_del, args.timeout
-        )
-        pods_gone, pods_reached = _seconds_until(
-            "Pods gone", lambda: tl.count(lambda t: len(t.pod_gone)), RANKS * jobs, t_del, args.timeout
-        )
-        entry["delete"] = {"jobs_gone_s": jobs_gone, "jobs_gone_reached": jobs_reached,
-                           "pods_gone_s": pods_gone, "pods_gone_reached": pods_reached // RANKS}  # fmt: skip
+        entry["steady"]["jobs_running"] = watcher.timeline.count(lambda t: len(t.job_running))
+        _log(jobs, "deleting all jobs")
+        entry["delete"] = _delete_all(plane, watcher.timeline, jobs, args.timeout)
         entry["operator_peak_rss_mb"] = procstat.peak_rss_mb(pid)
         watcher.stop()
     return entry
+
+
+def _log(jobs: int, message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S} {jobs} jobs] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- results
@@ -230,15 +265,17 @@ def save(entries: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    kwok_version = kwok_dir().name
+    # A plain SIGTERM would skip the `finally` that ends the control plane's processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    kwok_version, commit = kwok_dir().name, _git_commit()  # the code as it was at the start
     entries = []
     for jobs in args.jobs:
         work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{jobs}-"))
-        print(f"[{jobs} jobs] work directory {work}", file=sys.stderr)
+        _log(jobs, f"work directory {work}")
         entry = run_once(jobs, args.nodes, args, work)
         entry.update(
             date=datetime.now(UTC).isoformat(timespec="seconds"),
-            commit=_git_commit(),
+            commit=commit,
             machine=_machine(),
             kwok=kwok_version,
             settings={"settle_s": args.settle, "steady_s": args.steady},

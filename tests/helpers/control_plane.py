@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -92,17 +92,20 @@ class ControlPlane:
     """etcd + kube-apiserver (+ controllers on request) under `work`; `stop()` ends them all.
 
     `tokens` are accepted besides the admin's (system:masters); `apiserver_args` are added to
-    kube-apiserver's command line (an audit policy, say).
+    kube-apiserver's command line (an audit policy, say). `manifest_kinds`, if given, limits what
+    of manifests/ is applied (with controllers running, the chart's Deployments would start).
     """
 
     def __init__(self, work: Path, tokens: Sequence[StaticToken] = (),
-                 apiserver_args: Sequence[str] = ()) -> None:  # fmt: skip
+                 apiserver_args: Sequence[str] = (),
+                 manifest_kinds: Collection[str] | None = None) -> None:  # fmt: skip
         bin_dir, etcd = k8s_bin(), shutil.which("etcd")
         if bin_dir is None or etcd is None:
             raise RuntimeError("needs kube-apiserver and etcd: `bash hack/cluster.sh tools` builds them")
         self.bin_dir, self.etcd, self.work = bin_dir, etcd, work
         self.tokens = (StaticToken(ADMIN_TOKEN, "admin", ("system:masters",)), *tokens)
         self.apiserver_args = tuple(apiserver_args)
+        self.manifest_kinds = manifest_kinds
         self.api_port = free_port()
         self.server = f"https://127.0.0.1:{self.api_port}"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -191,29 +194,37 @@ class ControlPlane:
         ])  # fmt: skip
         self.kubeconfig(ADMIN_TOKEN, "admin")
         wait_until(lambda: self._kubectl_ok("get", "--raw", "/readyz"), 120, "the apiserver")
-        applied = subprocess.run([*self.kubectl, "apply", "-f", str(MANIFESTS)],
+        applied = subprocess.run([*self.kubectl, "apply", "-f", str(self._manifests())],
                                  capture_output=True, text=True, check=False)  # fmt: skip
         if applied.returncode != 0:
             raise RuntimeError(f"kubectl apply -f manifests/ failed: {applied.stderr}")
         subprocess.run([*self.kubectl, "wait", "--for", "condition=established", "--timeout=60s",
                         "crd/trainingjobs.dmlt.io"], check=True, capture_output=True)  # fmt: skip
 
+    def _manifests(self) -> Path:
+        if self.manifest_kinds is None:
+            return MANIFESTS
+        docs = [d for f in sorted(MANIFESTS.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
+                if d and d.get("kind") in self.manifest_kinds]  # fmt: skip
+        chosen = self.work / "manifests.yaml"
+        chosen.write_text(yaml.safe_dump_all(docs))
+        return chosen
+
     def _kubectl_ok(self, *args: str) -> bool:
         return subprocess.run([*self.kubectl, *args], capture_output=True, check=False).returncode == 0
 
-    def start_controllers(self, disabled: Sequence[str] = ()) -> None:
-        """kube-controller-manager (garbage collector, ServiceAccounts, endpoints, ...) and
-        kube-scheduler, both as system:masters, without leader election or serving ports.
-        `disabled` names controllers to leave off."""
+    def start_controllers(self, controller_manager_args: Sequence[str] = ()) -> None:
+        """kube-controller-manager (garbage collector, ServiceAccounts, node lifecycle, ...) and
+        kube-scheduler, both as system:masters, without leader election or serving ports."""
         kubeconfig = str(self.admin_kubeconfig)
-        controllers = ",".join(["*", *(f"-{c}" for c in disabled)])
         self.spawn("controller-manager", [
             str(self.bin_dir / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
-            "--leader-elect=false", "--secure-port=0", f"--controllers={controllers}",
+            "--leader-elect=false", "--secure-port=0",
             f"--service-account-private-key-file={self.work / 'sa.key'}",
             f"--root-ca-file={self.work / 'certs' / 'apiserver.crt'}",
             "--use-service-account-credentials=false",
             "--service-cluster-ip-range=10.97.0.0/16",
+            *controller_manager_args,
         ])  # fmt: skip
         self.spawn("scheduler", [
             str(self.bin_dir / "kube-scheduler"), f"--kubeconfig={kubeconfig}",
