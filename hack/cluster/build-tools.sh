@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the pinned upstream binaries from Go source (Go module proxy only) into
 # ${DMLT_CACHE_DIR}/<tool>/<version>/bin.  A finished build leaves a .done stamp;
-# a present stamp skips the build.  Usage: build-tools.sh [k8s|coredns|helm|kind|local-path|all]...
+# a present stamp skips the build.  Usage: build-tools.sh [k8s|coredns|helm|kind|local-path|kwok|all]...
+# kwok (simulated nodes for benchmarks/bench_scale.py) is built only when named or by `all`.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -108,13 +109,29 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 build_kind() { go_install_pinned kind "$KIND_VERSION" sigs.k8s.io/kind; }
+# kwok's node/pod simulator only (not kwokctl), for benchmarks/bench_scale.py, with the stages
+# kwokctl configures by default, from the same module source, in stages.yaml beside bin/: nodes
+# Ready with lease heartbeats, Pods Running at once, deleted Pods gone.
+KWOK_STAGES=(node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease
+  pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete)
+build_kwok() {
+  local dir="$CACHE/kwok/$KWOK_VERSION" src s
+  go_install_pinned kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+  [[ -f "$dir/stages.yaml" ]] && return
+  src="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  for s in "${KWOK_STAGES[@]}"; do
+    echo "---"
+    cat "$src/kustomize/stage/$s.yaml"
+  done > "$dir/stages.yaml.tmp"
+  mv "$dir/stages.yaml.tmp" "$dir/stages.yaml"
+}
 build_local_path() {
   go_install_pinned local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
     github.com/rancher/local-path-provisioner "-X main.VERSION=$LOCAL_PATH_PROVISIONER_VERSION"
 }
 
 targets=("$@")
-[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(k8s coredns helm kind local-path)
+[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(k8s coredns helm kind local-path kwok)
 for t in "${targets[@]}"; do
   case "$t" in
     k8s) build_k8s ;;
@@ -122,6 +139,7 @@ for t in "${targets[@]}"; do
     helm) build_helm ;;
     kind) build_kind ;;
     local-path) build_local_path ;;
+    kwok) build_kwok ;;
     *) echo "unknown target: $t" >&2; exit 2 ;;
   esac
 done

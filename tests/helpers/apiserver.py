@@ -1,28 +1,23 @@
 """A real kube-apiserver (and etcd) with no kubelet, for the integration tests; they play kubelet.
 
-Needs kube-apiserver from hack/cluster.sh's build cache (or $DMLT_K8S_BIN) and etcd on PATH;
-a clear failure otherwise. The fixtures around these are in tests/integration/conftest.py.
+The processes are tests/helpers/control_plane.py's; a clear failure when their binaries are
+missing. The fixtures around these are in tests/integration/conftest.py.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.control_plane import OPERATOR_TOKEN, ROOT, ControlPlane, free_port, wait_until
+
 NS = "itest"
-SA_USER = "system:serviceaccount:dmlt:dmlt-operator"
 
 APISERVER_MARKS = [
     pytest.mark.integration,
@@ -31,129 +26,33 @@ APISERVER_MARKS = [
 """`pytestmark` of a test module against the `cluster` apiserver (it serves a self-signed certificate)."""
 
 
-def _k8s_bin() -> Path | None:
-    if os.environ.get("DMLT_K8S_BIN"):
-        return Path(os.environ["DMLT_K8S_BIN"])
-    cache = Path(os.environ.get("DMLT_CACHE_DIR", "/var/cache/dmlt")) / "k8s"
-    found = sorted(cache.glob("*/bin/kube-apiserver"))
-    return found[-1].parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _kubeconfig(path: Path, server: str, token: str, namespace: str = "default") -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "t", "cluster": {"server": server,
-                                                       "insecure-skip-tls-verify": True}}],
-                "users": [{"name": "u", "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "t", "user": "u",
-                                                       "namespace": namespace}}],
-                "current-context": "c",
-            }
-        )
-    )  # fmt: skip
-    return path
-
-
 def start_cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
     """A kube-apiserver + etcd with the chart's CRDs and RBAC (the `cluster` fixture's body)."""
-    bin_dir, etcd = _k8s_bin(), shutil.which("etcd")
-    if bin_dir is None or etcd is None:
-        pytest.fail("needs kube-apiserver and etcd: run `bash hack/cluster.sh tools` (builds them)")
     import kubernetes
 
-    work = tmp_path_factory.mktemp("apiserver")
-    subprocess.run(["openssl", "genrsa", "-out", work / "sa.key", "2048"], check=True,
-                   capture_output=True)  # fmt: skip
-    subprocess.run(["openssl", "rsa", "-in", work / "sa.key", "-pubout", "-out", work / "sa.pub"],
-                   check=True, capture_output=True)  # fmt: skip
-    (work / "tokens.csv").write_text(
-        'admintoken,admin,admin,"system:masters"\n'
-        f'optoken,{SA_USER},op,"system:serviceaccounts,system:authenticated"\n'
-    )
-    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
-    procs = []
-    logs = []
     try:
-        log = open(work / "etcd.log", "w")  # noqa: SIM115
-        logs.append(log)
-        procs.append(subprocess.Popen(
-            [etcd, "--name", "t", "--data-dir", str(work / "etcd"),
-             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-             "--initial-cluster", f"t=http://127.0.0.1:{peer_port}"],
-            stdout=log, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        log = open(work / "apiserver.log", "w")  # noqa: SIM115
-        logs.append(log)
-        procs.append(subprocess.Popen(
-            [str(bin_dir / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-             f"--secure-port={api_port}", "--bind-address=127.0.0.1",
-             "--advertise-address=127.0.0.1", f"--cert-dir={work / 'certs'}",
-             f"--token-auth-file={work / 'tokens.csv'}", "--authorization-mode=RBAC",
-             "--service-account-issuer=https://kubernetes.default.svc",
-             f"--service-account-key-file={work / 'sa.pub'}",
-             f"--service-account-signing-key-file={work / 'sa.key'}",
-             "--service-cluster-ip-range=10.97.0.0/16"],
-            stdout=log, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        server = f"https://127.0.0.1:{api_port}"
-        admin_cfg = _kubeconfig(work / "admin.kubeconfig", server, "admintoken")
-        op_cfg = _kubeconfig(work / "op.kubeconfig", server, "optoken")
+        plane = ControlPlane(tmp_path_factory.mktemp("apiserver"), tokens=[OPERATOR_TOKEN])
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    with plane:
+        admin_cfg = plane.admin_kubeconfig
+        op_cfg = plane.kubeconfig(OPERATOR_TOKEN.token, "op")
         api = kubernetes.config.new_client_from_config(config_file=str(admin_cfg))
         core = kubernetes.client.CoreV1Api(api)
-        wait_until(lambda: core.list_namespace() is not None, 120, "the apiserver")
-        kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(admin_cfg)]
-        applied = subprocess.run([*kubectl, "apply", "-f", str(ROOT / "manifests")],
-                                 capture_output=True, text=True, check=False)  # fmt: skip
-        assert applied.returncode == 0, applied.stderr
-        subprocess.run([*kubectl, "wait", "--for", "condition=established", "--timeout=60s",
-                        "crd/trainingjobs.dmlt.io"], check=True, capture_output=True)  # fmt: skip
         core.create_namespace({"metadata": {"name": NS}})
         # No controller-manager here: create the ServiceAccount it would have.
         core.create_namespaced_service_account(NS, {"metadata": {"name": "default"}})
         yield {
             "api": api, "core": core, "custom": kubernetes.client.CustomObjectsApi(api),
-            "kubectl": kubectl, "op_kubeconfig": op_cfg, "work": work,
+            "kubectl": plane.kubectl, "op_kubeconfig": op_cfg, "work": plane.work,
         }  # fmt: skip
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
 
 
 class Operator:
     def __init__(self, cluster: dict[str, Any]) -> None:
         self.cluster = cluster
         self.proc: subprocess.Popen | None = None
-        self.health = _free_port()
+        self.health = free_port()
         self.runs = 0
 
     def start(self) -> None:
