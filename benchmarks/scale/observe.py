@@ -57,23 +57,12 @@ class Timeline:
     def on_pod(self, kind: str, pod: dict, at: float) -> None:
         name = pod["metadata"]["name"]
         with self.lock:
-            if kind == "DELETED":
-                self.pod_gone.setdefault(name, at)
-                return
-            self.pod_created.setdefault(name, at)
             self.pod_job.setdefault(name, (pod["metadata"].get("labels") or {}).get(JOB_LABEL, ""))
-            if (pod.get("status") or {}).get("phase") == "Running":
-                self.pod_running.setdefault(name, at)
+            _record(kind, pod, at, seen=self.pod_created, running=self.pod_running, gone=self.pod_gone)
 
     def on_job(self, kind: str, job: dict, at: float) -> None:
-        name = job["metadata"]["name"]
         with self.lock:
-            if kind == "DELETED":
-                self.job_gone.setdefault(name, at)
-                return
-            self.job_seen.setdefault(name, at)
-            if (job.get("status") or {}).get("phase") == "Running":
-                self.job_running.setdefault(name, at)
+            _record(kind, job, at, seen=self.job_seen, running=self.job_running, gone=self.job_gone)
 
     def pods_of_jobs(self) -> dict[str, list[str]]:
         with self.lock:
@@ -135,3 +124,22 @@ class Watcher:
                         break  # e.g. 410 Gone: list again
             except Exception:
                 time.sleep(0.5)
+
+
+def _record(
+    kind: str,
+    obj: dict,
+    at: float,
+    *,
+    seen: dict[str, float],
+    running: dict[str, float],
+    gone: dict[str, float],
+) -> None:
+    """The first time a watch showed the object, showed it Running, and showed it deleted."""
+    name = obj["metadata"]["name"]
+    if kind == "DELETED":
+        gone.setdefault(name, at)
+        return
+    seen.setdefault(name, at)
+    if (obj.get("status") or {}).get("phase") == "Running":
+        running.setdefault(name, at)
