@@ -201,15 +201,22 @@ class Elector:
                 return
 
     async def release(self) -> None:
-        """Give the Lease up (clean shutdown), so a standby takes over without waiting."""
-        if self.seen is None or self.seen.holder != self.identity:
-            return
-        try:
-            await self._call(self.store.write, released(self.seen, self.wall()),
-                             timeout=self.cfg.retry_period_s)  # fmt: skip
-            log.info("Released the Lease %s", self.cfg.lease_name)
-        except Exception as exc:  # noqa: BLE001 -- the standby takes over at expiry instead
-            log.warning("Could not release the Lease: %s", exc)
+        """Give the Lease up (clean shutdown), so a standby takes over without waiting. A renewal
+        still in flight may have moved the Lease on: then read it and try again."""
+        lease = self.seen
+        for _ in range(3):
+            if lease is None or lease.holder != self.identity:
+                return
+            try:
+                written = await self._call(self.store.write, released(lease, self.wall()),
+                                           timeout=self.cfg.retry_period_s)  # fmt: skip
+                if written is not None:
+                    log.info("Released the Lease %s", self.cfg.lease_name)
+                    return
+                lease = await self._call(self.store.read, timeout=self.cfg.retry_period_s)
+            except Exception as exc:  # noqa: BLE001 -- the standby takes over at expiry instead
+                log.warning("Could not release the Lease: %s", exc)
+                return
 
 
 async def lead_while_holding(
