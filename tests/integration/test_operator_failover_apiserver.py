@@ -118,6 +118,8 @@ def test_one_replica_acts_and_a_killed_leader_is_replaced_within_15s(cluster, re
     assert job["status"]["restarts"] == 1
     assert events_of(cluster, "fo").count("CreatedPods") == 2  # one per attempt, by one replica
     assert leader_gauge(standby) == 1
+    # kopf serves /healthz on the port the standby served it on.
+    assert urllib.request.urlopen(f"http://127.0.0.1:{standby.health}/healthz", timeout=2).status == 200
 
     leader.start()  # back as a standby: it must not take the Lease from a live leader
     time.sleep(5)
