@@ -138,7 +138,7 @@ def test_operator_deployment():
     assert cfg.namespaces == ()
     election = cfg.leader_election
     assert election.enabled and election.lease_name == "dmlt-operator"
-    assert (election.lease_duration_s, election.renew_deadline_s, election.retry_period_s) == (8, 5, 2)
+    assert (election.lease_duration_s, election.renew_deadline_s, election.retry_period_s) == (7, 5, 2)
 
 
 def test_operator_disruption_budget_keeps_one_replica():

@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -200,6 +201,10 @@ class Elector:
                 log.error("The Lease was taken by another replica")
                 return
 
+    def overdue(self) -> bool:
+        """Past the renew deadline of the last renewal: a standby may take over soon."""
+        return self.clock() > self.renewed_at + self.cfg.renew_deadline_s
+
     async def release(self) -> None:
         """Give the Lease up (clean shutdown), so a standby takes over without waiting. A renewal
         still in flight may have moved the Lease on: then read it and try again."""
@@ -219,6 +224,20 @@ class Elector:
                 return
 
 
+def start_watchdog(elector: Elector, on_lost: Callable[[], None], stop: threading.Event) -> None:
+    """A thread that calls `on_lost` once the renew deadline has passed, even while the event loop
+    is stuck (a handler blocking it would also stop `keep`): the guarantee that only one replica
+    acts must not rest on the loop. Checks four times a second until `stop` is set."""
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            if elector.overdue():
+                on_lost()
+                return
+
+    threading.Thread(target=watch, name="lease-watchdog", daemon=True).start()
+
+
 async def lead_while_holding(
     elector: Elector,
     lead: Callable[[], Awaitable[None]],
@@ -233,7 +252,12 @@ async def lead_while_holding(
     keeping = asyncio.create_task(elector.keep(), name="keep the Lease")
     stopping = asyncio.create_task(stop.wait(), name="stop")
     leading = asyncio.create_task(lead(), name="lead")
-    done, _ = await asyncio.wait({leading, keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    watchdog_off = threading.Event()
+    start_watchdog(elector, on_lost, watchdog_off)
+    try:
+        done, _ = await asyncio.wait({leading, keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watchdog_off.set()
     if keeping in done:
         on_lost()
         leading.cancel()
