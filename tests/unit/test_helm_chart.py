@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -147,6 +146,18 @@ def test_operator_disruption_budget_keeps_one_replica():
     dep = render()[("Deployment", "dmlt-operator")]
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert ("PodDisruptionBudget", "dmlt-operator") not in render("operator.replicas=1")
+
+
+def test_operator_replicas_prefer_different_nodes():
+    pod = render()[("Deployment", "dmlt-operator")]["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    labels = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert labels["app.kubernetes.io/component"] == "operator"
+    one = render("operator.replicas=1")[("Deployment", "dmlt-operator")]["spec"]["template"]["spec"]
+    assert "affinity" not in one
+    mine = render("operator.affinity.nodeAffinity.x=1")[("Deployment", "dmlt-operator")]
+    assert mine["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {"x": 1}}
 
 
 def test_one_replica_without_leader_election_is_recreated():
