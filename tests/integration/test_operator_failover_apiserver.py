@@ -94,6 +94,17 @@ def start_running(cluster, name: str) -> dict[str, str]:
     return {n: p.metadata.uid for n, p in pods_of(cluster, name).items()}
 
 
+def test_the_chart_role_lets_a_standby_watch_the_lease(cluster, replicas):
+    import kubernetes
+    from dmlt_operator.core.kube import LeaseApi
+
+    elected(cluster, replicas)
+    as_operator = kubernetes.config.new_client_from_config(config_file=str(cluster["op_kubeconfig"]))
+    lease = next(LeaseApi(LEASE_NS, LEASE_NAME, 5, as_operator).watch("", 2))
+    assert lease.holder.rsplit("_", 1)[0] in replicas
+    assert not any("Lease watch failed" in op.log_text() for op in replicas.values())
+
+
 def test_one_replica_acts_and_a_killed_leader_is_replaced_within_15s(cluster, replicas):
     leader, standby = elected(cluster, replicas)
     wait_until(lambda: leader_gauge(leader) == 1 and leader_gauge(standby) == 0, 10, "leader gauges")

@@ -137,7 +137,7 @@ def test_operator_deployment():
     assert cfg.namespaces == ()
     election = cfg.leader_election
     assert election.enabled and election.lease_name == "dmlt-operator"
-    assert (election.lease_duration_s, election.renew_deadline_s, election.retry_period_s) == (7, 5, 2)
+    assert (election.lease_duration_s, election.renew_deadline_s, election.retry_period_s) == (9, 6, 3)
 
 
 def test_operator_disruption_budget_keeps_one_replica():
@@ -183,7 +183,7 @@ def test_leader_election_rbac_is_one_lease_in_the_release_namespace():
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "resourceNames": ["dmlt-operator"], "verbs": ["get", "update"]},
+         "resourceNames": ["dmlt-operator"], "verbs": ["get", "list", "watch", "update"]},
     ]  # fmt: skip
     binding = objs[("RoleBinding", "dmlt-operator-leader-election")]
     assert binding["roleRef"]["name"] == "dmlt-operator-leader-election"

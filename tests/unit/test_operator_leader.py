@@ -54,8 +54,8 @@ def test_election_is_off_by_default_and_read_from_the_environment():
     [
         ({"DMLT_LEADER_ELECTION": "true"}, "DMLT_LEASE_NAMESPACE"),
         ({"DMLT_LEADER_ELECTION": "maybe"}, "DMLT_LEADER_ELECTION must be true or false"),
-        ({"DMLT_LEASE_RENEW_DEADLINE_SECONDS": "8"}, "lease duration > renew deadline"),
-        ({"DMLT_LEASE_RETRY_PERIOD_SECONDS": "5"}, "renew deadline > retry period"),
+        ({"DMLT_LEASE_RENEW_DEADLINE_SECONDS": "9"}, "lease duration > renew deadline"),
+        ({"DMLT_LEASE_RETRY_PERIOD_SECONDS": "6"}, "renew deadline > retry period"),
         ({"DMLT_LEASE_DURATION_SECONDS": "soon"}, "DMLT_LEASE_DURATION_SECONDS must be a number"),
     ],
 )
@@ -122,11 +122,27 @@ class FakeLeases:
         self.version = 0
         self.fail = False
         self.writes: list[LeaseRecord] = []
+        self.reads = 0
+        self.watched = 0
 
     def read(self) -> LeaseRecord | None:
         if self.fail:
             raise ConnectionError("apiserver down")
+        self.reads += 1
         return self.lease
+
+    def watch(self, resource_version: str, timeout_s: float):
+        """The apiserver's watch, by looking every 10 ms."""
+        deadline = time.monotonic() + min(timeout_s, 1)
+        last = resource_version
+        while time.monotonic() < deadline:
+            if self.fail:
+                raise ConnectionError("apiserver down")
+            if self.lease is not None and self.lease.resource_version != last:
+                last = self.lease.resource_version
+                self.watched += 1
+                yield self.lease
+            time.sleep(0.01)
 
     def write(self, lease: LeaseRecord) -> LeaseRecord | None:
         if self.fail:
@@ -168,6 +184,28 @@ def test_a_standby_takes_over_once_the_lease_stops_changing():
     assert took and store.lease.holder == "b_1" and store.lease.transitions == 1
     # The Lease's own leaseDurationSeconds counts (whole seconds: 0.4 becomes 1).
     assert 1 <= waited < 1 + 10 * FAST.retry_period_s
+
+
+def test_a_standby_follows_renewals_through_the_watch_not_by_reading():
+    store = FakeLeases()
+    a, b = Elector(FAST, "a_1", store), Elector(FAST, "b_1", store)
+    run(a.try_acquire())
+
+    async def scenario() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        standby = asyncio.ensure_future(b.acquire(asyncio.Event()))
+        for _ in range(15):  # the leader renews every 0.1 s for 1.5 s: longer than the 1 s lease
+            await asyncio.sleep(0.1)
+            assert not standby.done()
+            await a.renew(1.0)
+        died = loop.time()
+        took = await standby
+        return took, loop.time() - died
+
+    took, after = run(scenario())
+    assert took and store.lease.holder == "b_1"
+    assert after < 1 + 0.5  # a lease duration after the last renewal it saw
+    assert store.watched >= 10 and store.reads <= 3  # renewals came as events, not reads
 
 
 def test_a_released_lease_is_taken_at_the_next_look():

@@ -55,15 +55,15 @@ class LeaderElectionConfig:
     lease_namespace: str = ""
     """Namespace of the Lease, the operator's own; the chart gives the Pod's
     [DMLT_LEASE_NAMESPACE]."""
-    lease_duration_s: float = 7.0
+    lease_duration_s: float = 9.0
     """How long a standby waits, after it last saw the Lease change, before it takes the Lease
     over [DMLT_LEASE_DURATION_SECONDS]."""
-    renew_deadline_s: float = 5.0
+    renew_deadline_s: float = 6.0
     """The leader stops (exits) when it could not renew for this long; shorter than the lease
     duration, so it has stopped before a standby may take over
     [DMLT_LEASE_RENEW_DEADLINE_SECONDS]."""
-    retry_period_s: float = 2.0
-    """How often the leader renews and a standby looks at the Lease
+    retry_period_s: float = 3.0
+    """How often the leader renews; standbys watch the Lease and retry a failed watch this often
     [DMLT_LEASE_RETRY_PERIOD_SECONDS]."""
 
     def __post_init__(self) -> None:
@@ -81,9 +81,9 @@ class LeaderElectionConfig:
             enabled=_bool(env, "DMLT_LEADER_ELECTION", False),
             lease_name=env.get("DMLT_LEASE_NAME", "").strip() or "dmlt-operator",
             lease_namespace=env.get("DMLT_LEASE_NAMESPACE", "").strip(),
-            lease_duration_s=_float(env, "DMLT_LEASE_DURATION_SECONDS", 7.0, 1.0),
-            renew_deadline_s=_float(env, "DMLT_LEASE_RENEW_DEADLINE_SECONDS", 5.0, 0.5),
-            retry_period_s=_float(env, "DMLT_LEASE_RETRY_PERIOD_SECONDS", 2.0, 0.1),
+            lease_duration_s=_float(env, "DMLT_LEASE_DURATION_SECONDS", 9.0, 1.0),
+            renew_deadline_s=_float(env, "DMLT_LEASE_RENEW_DEADLINE_SECONDS", 6.0, 0.5),
+            retry_period_s=_float(env, "DMLT_LEASE_RETRY_PERIOD_SECONDS", 3.0, 0.1),
         )
 
 

@@ -10,10 +10,11 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from dmlt_operator.core.leader import LeaseRecord, lease_body, lease_record
@@ -197,8 +198,10 @@ class LeaseApi:
     """The Lease of leader election (core/leader.py's `LeaseStore`), on a client of its own with
     short timeouts: a renewal must not wait behind the reconcilers' calls."""
 
-    def __init__(self, namespace: str, name: str, timeout_s: float) -> None:
-        self.api = client.CoordinationV1Api(client.ApiClient())
+    def __init__(
+        self, namespace: str, name: str, timeout_s: float, api_client: client.ApiClient | None = None
+    ) -> None:
+        self.api = client.CoordinationV1Api(api_client or client.ApiClient())
         self.namespace, self.name = namespace, name
         self.timeout = (timeout_s, timeout_s)
 
@@ -229,3 +232,18 @@ class LeaseApi:
                 return None
             raise
         return lease_record(json.loads(resp.data))
+
+    def watch(self, resource_version: str, timeout_s: float) -> Iterator[LeaseRecord]:
+        stream = watch.Watch().stream(
+            self.api.list_namespaced_lease,
+            self.namespace,
+            field_selector=f"metadata.name={self.name}",
+            resource_version=resource_version or None,
+            timeout_seconds=int(timeout_s),
+            _request_timeout=(self.timeout[0], timeout_s + 30),
+        )
+        for event in stream:
+            if event["type"] in ("ADDED", "MODIFIED"):
+                yield lease_record(event["raw_object"])
+            elif event["type"] == "DELETED":
+                yield LeaseRecord()  # gone: free to take

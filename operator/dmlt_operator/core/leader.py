@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -104,6 +104,15 @@ class LeaseStore(Protocol):
         writer got there first."""
         ...
 
+    def watch(self, resource_version: str, timeout_s: float) -> Iterator[LeaseRecord]:
+        """The Lease's states after `resource_version` as they happen, for up to `timeout_s`
+        (blocking; raises when the watch fails)."""
+        ...
+
+
+WATCH_TIMEOUT_S = 300
+"""A standby's watch of the Lease is renewed this often (one request)."""
+
 
 class Elector:
     """One replica's side of the election."""
@@ -156,18 +165,67 @@ class Elector:
         return True
 
     async def acquire(self, stop: asyncio.Event) -> bool:
-        """Wait until we hold the Lease (True) or `stop` is set (False)."""
+        """Wait until we hold the Lease (True) or `stop` is set (False). Between looks the standby
+        watches the Lease (no polling: the leader's renewals arrive as events) and looks again
+        when what it saw expires, when the watch fails, or when the Lease is released."""
         log.info("Standing by for the Lease %s/%s as %s", self.cfg.lease_namespace,
                  self.cfg.lease_name, self.identity)  # fmt: skip
-        while not stop.is_set():
-            if await self.try_acquire():
-                log.info("Leading: holding the Lease %s", self.cfg.lease_name)
-                return True
-            try:
-                await asyncio.wait_for(stop.wait(), self.cfg.retry_period_s)
-            except TimeoutError:
-                pass
+        changes: asyncio.Queue[LeaseRecord | None] = asyncio.Queue()
+        done = threading.Event()
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self._watch, args=(loop, changes, done), name="lease-watch", daemon=True
+        ).start()
+        try:
+            while not stop.is_set():
+                if await self.try_acquire():
+                    log.info("Leading: holding the Lease %s", self.cfg.lease_name)
+                    return True
+                await self._wait_for_a_change(changes, stop)
+        finally:
+            done.set()
         return False
+
+    def _expiry_in(self) -> float:
+        """Seconds until what we saw of the Lease expires (a look then may take it over)."""
+        if self.seen is None or not self.seen.holder:
+            return self.cfg.retry_period_s
+        return max(0.05, self.seen_at + self.seen.duration_s - self.clock())
+
+    async def _wait_for_a_change(
+        self, changes: asyncio.Queue[LeaseRecord | None], stop: asyncio.Event
+    ) -> None:
+        """Follow the watched Lease until a look is due: it expired, was released, or the watch
+        failed (None). Returns at once when `stop` is set."""
+        while not stop.is_set():
+            getting = asyncio.ensure_future(changes.get())
+            stopping = asyncio.ensure_future(stop.wait())
+            done, pending = await asyncio.wait({getting, stopping}, timeout=self._expiry_in(),
+                                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            for task in pending:
+                task.cancel()
+            if getting not in done:
+                return  # expired or stopped
+            lease = getting.result()
+            if lease is None:
+                return  # the watch failed: look with a GET
+            self._observe(lease)
+            if next_step(lease, self.identity, self.seen_at, self.clock()) is not Step.WAIT:
+                return
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, changes: asyncio.Queue, done: threading.Event) -> None:
+        """A thread: the Lease's changes into `changes` until `done`; None after a failure."""
+        while not done.is_set():
+            version = self.seen.resource_version if self.seen else ""
+            try:
+                for lease in self.store.watch(version, WATCH_TIMEOUT_S):
+                    if done.is_set():
+                        return
+                    loop.call_soon_threadsafe(changes.put_nowait, lease)
+            except Exception as exc:  # noqa: BLE001 -- watch again after a pause; the loop GETs
+                log.warning("The Lease watch failed (looking again): %s", exc)
+                loop.call_soon_threadsafe(changes.put_nowait, None)
+                done.wait(self.cfg.retry_period_s)
 
     async def renew(self, timeout: float) -> bool | None:
         """One renewal: True renewed, False lost to another holder, None failed (try again)."""
