@@ -49,8 +49,10 @@ def start_cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
 
 
 class Operator:
-    def __init__(self, cluster: dict[str, Any]) -> None:
+    def __init__(self, cluster: dict[str, Any], name: str = "operator", **env: str) -> None:
         self.cluster = cluster
+        self.name = name
+        self.env = env
         self.proc: subprocess.Popen | None = None
         self.health = free_port()
         self.runs = 0
@@ -66,8 +68,9 @@ class Operator:
             "DMLT_METRICS_PORT": "0",
             "DMLT_NAMESPACES": NS,
             "DMLT_DEFAULT_TRACKING_URI": "http://mlflow.example:5000",
+            **self.env,
         }
-        self.log = open(self.cluster["work"] / f"operator-{self.runs}.log", "w")  # noqa: SIM115
+        self.log = open(self.cluster["work"] / f"{self.name}-{self.runs}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dmlt_operator.main"], env=env, cwd=ROOT,
             stdout=self.log, stderr=subprocess.STDOUT,
@@ -84,6 +87,17 @@ class Operator:
                 self.proc.kill()
             self.proc = None
             self.log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, no Lease released."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.proc = None
+            self.log.close()
+
+    def log_text(self) -> str:
+        return (self.cluster["work"] / f"{self.name}-{self.runs}.log").read_text()
 
 
 def run_operator(cluster) -> Iterator[Operator]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,7 +99,7 @@ def test_helm_lint_is_clean():
 
 
 def test_unknown_value_is_rejected():
-    out = helm("template", "dmlt", str(CHART), "--set", "operator.replicas=2")
+    out = helm("template", "dmlt", str(CHART), "--set", "operator.replicaCount=2")
     assert out.returncode != 0
     assert "additional properties" in (out.stderr + out.stdout).lower()
 
@@ -108,8 +107,11 @@ def test_unknown_value_is_rejected():
 def test_operator_deployment():
     objs = render()
     dep = objs[("Deployment", "dmlt-operator")]
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas, one active (the Lease holder): a rolling update may overlap old and new Pods.
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}
+    }  # fmt: skip
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "dmlt-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -121,15 +123,75 @@ def test_operator_deployment():
     assert c["resources"]["limits"]["memory"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["DMLT_DEFAULT_TRACKING_URI"] == "http://dmlt-mlflow.dmlt.svc:5000"
     assert env["DMLT_HEALTH_PORT"] == "8080" and env["DMLT_METRICS_PORT"] == "9090"
-    # Every DMLT_* variable the chart sets is one the operator reads.
+    from_fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    assert from_fields == {"DMLT_LEASE_NAMESPACE": "metadata.namespace", "DMLT_POD_NAME": "metadata.name"}
+    # Every DMLT_* variable the chart sets is one the operator reads (the Pod's namespace: dmlt).
     from dmlt_operator.core.config import OperatorConfig
 
+    env["DMLT_LEASE_NAMESPACE"] = "dmlt"
     cfg = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("DMLT_")})
     assert cfg.default_tracking_uri == "http://dmlt-mlflow.dmlt.svc:5000"
     assert cfg.namespaces == ()
+    election = cfg.leader_election
+    assert election.enabled and election.lease_name == "dmlt-operator"
+    assert (election.lease_duration_s, election.renew_deadline_s, election.retry_period_s) == (9, 6, 3)
+
+
+def test_operator_disruption_budget_keeps_one_replica():
+    pdb = render()[("PodDisruptionBudget", "dmlt-operator")]
+    assert pdb["spec"]["minAvailable"] == 1
+    dep = render()[("Deployment", "dmlt-operator")]
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert ("PodDisruptionBudget", "dmlt-operator") not in render("operator.replicas=1")
+
+
+def test_operator_replicas_prefer_different_nodes():
+    pod = render()[("Deployment", "dmlt-operator")]["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    labels = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert labels["app.kubernetes.io/component"] == "operator"
+    one = render("operator.replicas=1")[("Deployment", "dmlt-operator")]["spec"]["template"]["spec"]
+    assert "affinity" not in one
+    mine = render("operator.affinity.nodeAffinity.x=1")[("Deployment", "dmlt-operator")]
+    assert mine["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {"x": 1}}
+
+
+def test_one_replica_without_leader_election_is_recreated():
+    objs = render("operator.replicas=1", "operator.leaderElection.enabled=false")
+    dep = objs[("Deployment", "dmlt-operator")]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "DMLT_LEADER_ELECTION", "value": "false"} in c["env"]
+    assert not any(e["name"] == "DMLT_LEASE_NAME" for e in c["env"])
+    assert ("Role", "dmlt-operator-leader-election") not in objs
+
+
+def test_several_replicas_need_leader_election():
+    out = helm("template", "dmlt", str(CHART), "--kube-version", "1.34.0",
+               "--set", "operator.leaderElection.enabled=false")  # fmt: skip
+    assert out.returncode != 0 and "needs operator.leaderElection.enabled" in out.stderr
+
+
+def test_leader_election_rbac_is_one_lease_in_the_release_namespace():
+    objs = render()
+    role = objs[("Role", "dmlt-operator-leader-election")]
+    assert role["metadata"]["namespace"] == "dmlt"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["dmlt-operator"], "verbs": ["get", "list", "watch", "update"]},
+    ]  # fmt: skip
+    binding = objs[("RoleBinding", "dmlt-operator-leader-election")]
+    assert binding["roleRef"]["name"] == "dmlt-operator-leader-election"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dmlt-operator", "namespace": "dmlt"}]
+    # No lease access cluster-wide.
+    assert not any(
+        "coordination.k8s.io" in r["apiGroups"] for r in objs[("ClusterRole", "dmlt-operator")]["rules"]
+    )
 
 
 def test_rbac_is_least_privilege_and_covers_the_operator():
@@ -183,7 +245,7 @@ def test_mlflow_optional():
     objs = render("mlflow.enabled=false", "operator.defaultTrackingUri=http://mlflow.example:5000")
     assert not any(kind_name[1].endswith("-mlflow") for kind_name in objs)
     dep = objs[("Deployment", "dmlt-operator")]
-    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DMLT_DEFAULT_TRACKING_URI"] == "http://mlflow.example:5000"
 
 
@@ -199,7 +261,7 @@ def test_metrics_service_and_watch_namespaces():
     svc = objs[("Service", "dmlt-operator-metrics")]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     dep = objs[("Deployment", "dmlt-operator")]
-    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DMLT_NAMESPACES"] == "a,b"
 
 

@@ -17,9 +17,16 @@ pytestmark = pytest.mark.unit
 PG = "dmlt-postgresql"
 
 
+POD_FIELDS = {"metadata.namespace": "dmlt", "metadata.name": "dmlt-operator-0"}
+"""The downward API's values for an operator Pod in the release namespace."""
+
+
 def operator_env(objs) -> dict[str, str]:
     (c,) = objs[("Deployment", "dmlt-operator")]["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e.get("value") for e in c["env"]}
+    return {
+        e["name"]: e["value"] if "value" in e else POD_FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in c["env"]
+    }
 
 
 def test_postgresql_statefulset():

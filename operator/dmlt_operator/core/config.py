@@ -43,6 +43,51 @@ def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
+class LeaderElectionConfig:
+    """Two or more replicas, one active: a coordination.k8s.io Lease decides which runs kopf
+    (docs/operator.md, "Two replicas, one active")."""
+
+    enabled: bool = False
+    """Elect a leader through the Lease before reconciling; off runs kopf at once, alone
+    [DMLT_LEADER_ELECTION]."""
+    lease_name: str = "dmlt-operator"
+    """Name of the Lease [DMLT_LEASE_NAME]."""
+    lease_namespace: str = ""
+    """Namespace of the Lease, the operator's own; the chart gives the Pod's
+    [DMLT_LEASE_NAMESPACE]."""
+    lease_duration_s: float = 9.0
+    """How long a standby waits, after it last saw the Lease change, before it takes the Lease
+    over [DMLT_LEASE_DURATION_SECONDS]."""
+    renew_deadline_s: float = 6.0
+    """The leader stops (exits) when it could not renew for this long; shorter than the lease
+    duration, so it has stopped before a standby may take over
+    [DMLT_LEASE_RENEW_DEADLINE_SECONDS]."""
+    retry_period_s: float = 3.0
+    """How often the leader renews; standbys watch the Lease and retry a failed watch this often
+    [DMLT_LEASE_RETRY_PERIOD_SECONDS]."""
+
+    def __post_init__(self) -> None:
+        if not self.lease_duration_s > self.renew_deadline_s > self.retry_period_s > 0:
+            raise ValueError(
+                "leader election needs lease duration > renew deadline > retry period > 0; got "
+                f"{self.lease_duration_s} > {self.renew_deadline_s} > {self.retry_period_s}"
+            )
+        if self.enabled and not (self.lease_name and self.lease_namespace):
+            raise ValueError("leader election needs DMLT_LEASE_NAME and DMLT_LEASE_NAMESPACE")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LeaderElectionConfig:
+        return cls(
+            enabled=_bool(env, "DMLT_LEADER_ELECTION", False),
+            lease_name=env.get("DMLT_LEASE_NAME", "").strip() or "dmlt-operator",
+            lease_namespace=env.get("DMLT_LEASE_NAMESPACE", "").strip(),
+            lease_duration_s=_float(env, "DMLT_LEASE_DURATION_SECONDS", 9.0, 1.0),
+            renew_deadline_s=_float(env, "DMLT_LEASE_RENEW_DEADLINE_SECONDS", 6.0, 0.5),
+            retry_period_s=_float(env, "DMLT_LEASE_RETRY_PERIOD_SECONDS", 3.0, 0.1),
+        )
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
 class OperatorConfig:
     """Settings of one operator process (environment variables in brackets)."""
 
@@ -83,6 +128,8 @@ class OperatorConfig:
     """Seconds to wait for the database when connecting [DMLT_STORAGE_CONNECT_TIMEOUT_SECONDS]."""
     mlflow_timeout_s: float = 10.0
     """Timeout of each MLflow REST call [DMLT_MLFLOW_TIMEOUT_SECONDS]."""
+    leader_election: LeaderElectionConfig = LeaderElectionConfig()
+    """Which replica acts when several run [DMLT_LEADER_ELECTION, DMLT_LEASE_*]."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -106,4 +153,5 @@ class OperatorConfig:
             storage_pool_size=_int(env, "DMLT_STORAGE_POOL_SIZE", 2, 1),
             storage_connect_timeout_s=_int(env, "DMLT_STORAGE_CONNECT_TIMEOUT_SECONDS", 10, 1),
             mlflow_timeout_s=_float(env, "DMLT_MLFLOW_TIMEOUT_SECONDS", 10.0, 0.1),
+            leader_election=LeaderElectionConfig.from_env(env),
         )

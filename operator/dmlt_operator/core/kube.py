@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from dmlt_operator.core.leader import LeaseRecord, lease_body, lease_record
 from dmlt_operator.core.objects import GROUP, JOB_PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -189,3 +192,58 @@ class Kube:
                 return False
             raise
         return True
+
+
+class LeaseApi:
+    """The Lease of leader election (core/leader.py's `LeaseStore`), on a client of its own with
+    short timeouts: a renewal must not wait behind the reconcilers' calls."""
+
+    def __init__(
+        self, namespace: str, name: str, timeout_s: float, api_client: client.ApiClient | None = None
+    ) -> None:
+        self.api = client.CoordinationV1Api(api_client or client.ApiClient())
+        self.namespace, self.name = namespace, name
+        self.timeout = (timeout_s, timeout_s)
+
+    def read(self) -> LeaseRecord | None:
+        try:
+            resp = self.api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self.timeout, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return lease_record(json.loads(resp.data))
+
+    def write(self, lease: LeaseRecord) -> LeaseRecord | None:
+        body = lease_body(self.namespace, self.name, lease)
+        try:
+            if lease.resource_version:
+                resp = self.api.replace_namespaced_lease(
+                    self.name, self.namespace, body, _request_timeout=self.timeout, _preload_content=False
+                )
+            else:
+                resp = self.api.create_namespaced_lease(
+                    self.namespace, body, _request_timeout=self.timeout, _preload_content=False
+                )
+        except ApiException as exc:
+            if exc.status == 409:  # changed (or created) by another replica since we read it
+                return None
+            raise
+        return lease_record(json.loads(resp.data))
+
+    def watch(self, resource_version: str, timeout_s: float) -> Iterator[LeaseRecord]:
+        stream = watch.Watch().stream(
+            self.api.list_namespaced_lease,
+            self.namespace,
+            field_selector=f"metadata.name={self.name}",
+            resource_version=resource_version or None,
+            timeout_seconds=int(timeout_s),
+            _request_timeout=(self.timeout[0], timeout_s + 30),
+        )
+        for event in stream:
+            if event["type"] in ("ADDED", "MODIFIED"):
+                yield lease_record(event["raw_object"])
+            elif event["type"] == "DELETED":
+                yield LeaseRecord()  # gone: free to take

@@ -32,6 +32,9 @@ RECONCILE_FAILURES = _counter(
     "object's kind, the step and the reason (e.g. InvalidSpec, ExceededQuota, ServerError).",
     ["kind", "step", "reason"],
 )
+LEADER = _gauge(
+    "dmlt_operator_leader", "1 on the replica that holds the Lease and reconciles, 0 on a standby."
+)
 PODS_CREATED = _counter("dmlt_pods_created_total", "Trainer Pods created.")
 
 STUDIES = _gauge("dmlt_tuningstudies", "TuningStudies known to this operator, by phase.", ["phase"])
