@@ -139,6 +139,32 @@ class Dmlt:
     def operator_pods(self) -> list[client.V1Pod]:
         return self.core.list_namespaced_pod(self.namespace, label_selector=self.operator_selector).items
 
+    # ---- the acting operator replica (the one holding the Lease)
+    @property
+    def lease_name(self) -> str:
+        return f"{release_fullname(self.release)}-operator"
+
+    def lease_holder(self) -> str:
+        leases = client.CoordinationV1Api(self.api_client)
+        lease = leases.read_namespaced_lease(self.lease_name, self.namespace)
+        return lease.spec.holder_identity or ""
+
+    def kill_leader(self, limit_s: float = 60.0) -> tuple[client.V1Pod, float]:
+        """Delete the leading operator Pod at once (no grace: as a crash) and wait until another
+        live replica holds the Lease; (the killed Pod, seconds from the kill to the handover)."""
+        pods = {p.metadata.name: p for p in self.operator_pods() if not p.metadata.deletion_timestamp}
+        assert len(pods) >= 2, f"want a standby beside the leader: {sorted(pods)}"
+        victim = pods.get(self.lease_holder())
+        assert victim is not None, f"Lease {self.lease_name} is held by none of {sorted(pods)}"
+        self.core.delete_namespaced_pod(victim.metadata.name, self.namespace, grace_period_seconds=0)
+        killed = time.monotonic()
+        while time.monotonic() - killed < limit_s:
+            holder = self.lease_holder()
+            if holder and holder != victim.metadata.name:
+                return victim, time.monotonic() - killed
+            time.sleep(0.2)
+        raise AssertionError(f"no replica took Lease {self.lease_name} over {limit_s:.0f}s after the kill")
+
     def checkpoint_claim(self, name: str, size: str = "1Gi") -> str:
         """A ReadWriteOnce claim of the default StorageClass that outlives the Pods (so a gang
         restart resumes from it), made as examples/ddp.yaml makes its own."""
