@@ -66,10 +66,10 @@ PACKAGES=(containerd runc containernetworking-plugins etcd-server iptables connt
 REQUIRED_CGROUPS=(cpu cpuacct cpuset memory pids devices freezer)
 
 WAIT_NODE_S="${DMLT_WAIT_NODE_S:-180}"
+WAIT_BUILD_S="${DMLT_WAIT_BUILD_S:-3000}"
 # Kueue (job queueing) on the cluster: only when DMLT_KUEUE=1
 KUEUE="${DMLT_KUEUE:-0}"
 KUEUE_NAMESPACE=kueue-system
-WAIT_BUILD_S="${DMLT_WAIT_BUILD_S:-3000}"
 
 export PATH="/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -677,7 +677,8 @@ wait_tool_build() {
 start_kueue_build() {
   [[ "$KUEUE" == 1 && ! -f "$CACHE/kueue/$KUEUE_VERSION/chart/Chart.yaml" ]] || return 0
   log "building Kueue $KUEUE_VERSION in the background (log: $CACHE/logs/build-kueue.log)"
-  "$LIB/build-tools.sh" kueue >"$CACHE/logs/build-kueue.log" 2>&1 9>&- &
+  # (flock: one build at a time with `tools` and the detached kind build, which take it too)
+  flock "$CACHE/.tools.lock" "$LIB/build-tools.sh" kueue >"$CACHE/logs/build-kueue.log" 2>&1 9>&- &
   KUEUE_BUILD_PID=$!
 }
 
