@@ -9,9 +9,13 @@
 #   hack/cluster.sh kubeconfig  print the admin kubeconfig path (export KUBECONFIG=$(... kubeconfig))
 #   hack/cluster.sh images      build the project images (content-hash cached) and load them
 #   hack/cluster.sh tools       build every pinned tool (Kubernetes, CoreDNS, helm, kind,
-#                               local-path-provisioner) into the cache
+#                               local-path-provisioner, kwok, Kueue) into the cache
 #   hack/cluster.sh logs [NAME] list component logs, or tail one
 #   hack/cluster.sh kubectl ... the cluster's kubectl with the admin kubeconfig
+#
+# DMLT_KUEUE=1 hack/cluster.sh up also builds (cached) and installs Kueue (KUEUE_VERSION in
+# hack/cluster/versions.env; namespace kueue-system, integration batch/Job) and waits for its
+# webhook; without it Kueue is not installed. Check it: hack/cluster/kueue.sh smoke.
 #
 # Needs root, Debian 12 (apt reachable), Go >= 1.24 in /usr/local/go, and the Go module proxy.
 # Builds are cached by version under ${DMLT_CACHE_DIR:-/var/cache/dmlt}; cluster state lives in
@@ -63,6 +67,9 @@ REQUIRED_CGROUPS=(cpu cpuacct cpuset memory pids devices freezer)
 
 WAIT_NODE_S="${DMLT_WAIT_NODE_S:-180}"
 WAIT_BUILD_S="${DMLT_WAIT_BUILD_S:-3000}"
+# Kueue (job queueing) on the cluster: only when DMLT_KUEUE=1
+KUEUE="${DMLT_KUEUE:-0}"
+KUEUE_NAMESPACE=kueue-system
 
 export PATH="/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -542,6 +549,61 @@ deploy_local_path() {
   fi
 }
 
+# Kueue's webhook answers: a server-side dry run goes through its admission webhooks (they have
+# no side effects), so this fails until the manager serves them with a certificate the apiserver
+# trusts. The Job, named for a queue, must come back suspended: the batch/Job integration is on.
+kueue_webhook_answers() {
+  kctl create --dry-run=server -o name -f - <<EOF >/dev/null || return 1
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {name: dmlt-webhook-probe}
+EOF
+  [[ "$(kctl create --dry-run=server -o jsonpath='{.spec.suspend}' -f - <<EOF
+apiVersion: batch/v1
+kind: Job
+metadata: {name: dmlt-webhook-probe, namespace: default, labels: {kueue.x-k8s.io/queue-name: probe}}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: probe, image: $BASE_IMAGE}]
+EOF
+  )" == true ]]
+}
+
+kueue_visibility_available() {
+  local v
+  for v in v1beta1 v1beta2; do
+    [[ "$(kctl get apiservice "$v.visibility.kueue.x-k8s.io" \
+      -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]] || return 1
+  done
+}
+
+# Kueue from its own chart (hack/cluster/kueue.sh renders it with hack/cluster/kueue-values.yaml);
+# its cert-controller makes the webhook certificate (no cert-manager). The apiserver, a host
+# process, reaches the webhook Service's ClusterIP through kube-proxy's rules on the host.
+deploy_kueue() {
+  [[ "$KUEUE" == 1 ]] || return 0
+  wait_kueue_build
+  DMLT_CONTAINERD_SOCK="$SOCK" DMLT_CACHE_DIR="$CACHE" "$LIB/kueue.sh" image >/dev/null
+  log "deploying Kueue $KUEUE_VERSION (namespace $KUEUE_NAMESPACE, integration batch/Job)"
+  # server-side: the CRDs are too large for client-side apply's last-applied annotation
+  DMLT_CACHE_DIR="$CACHE" "$LIB/kueue.sh" manifests \
+    | kctl apply --server-side --force-conflicts --field-manager=dmlt-cluster -f - >/dev/null
+  if ! kctl -n "$KUEUE_NAMESPACE" rollout status deployment/kueue-controller-manager --timeout=180s >/dev/null; then
+    kctl -n "$KUEUE_NAMESPACE" get pods -o wide >&2 || true
+    die "Kueue did not become ready within 180s (kubectl -n $KUEUE_NAMESPACE logs deploy/kueue-controller-manager)"
+  fi
+  wait_for 120 "Kueue's webhook to answer (kubectl -n $KUEUE_NAMESPACE logs deploy/kueue-controller-manager)" \
+    kueue_webhook_answers
+  # Its visibility API (pending workloads and their positions) is an aggregated API: while it is
+  # unavailable, no namespace can finish deleting (the namespace controller needs every group's
+  # discovery), so wait for it too.
+  wait_for 120 "Kueue's visibility API (kubectl get apiservice v1beta2.visibility.kueue.x-k8s.io -o yaml)" \
+    kueue_visibility_available
+  log "Kueue $KUEUE_VERSION is ready"
+}
+
 # ---------------------------------------------------------------------------------------------
 # the user's shell: helm, kubectl and a kubeconfig
 
@@ -610,6 +672,28 @@ wait_tool_build() {
   tools_built || die "build finished but binaries are missing, see $CACHE/logs/build-tools.log"
 }
 
+# Kueue's manager, when DMLT_KUEUE=1: its own background build (at the lowest priority, beside
+# the Kubernetes build), waited for only when Kueue is deployed, after the cluster is up.
+start_kueue_build() {
+  [[ "$KUEUE" == 1 && ! -f "$CACHE/kueue/$KUEUE_VERSION/chart/Chart.yaml" ]] || return 0
+  log "building Kueue $KUEUE_VERSION in the background (log: $CACHE/logs/build-kueue.log)"
+  # (flock: one build at a time with `tools` and the detached kind build, which take it too)
+  flock "$CACHE/.tools.lock" "$LIB/build-tools.sh" kueue >"$CACHE/logs/build-kueue.log" 2>&1 9>&- &
+  KUEUE_BUILD_PID=$!
+}
+
+wait_kueue_build() {
+  [[ -n "${KUEUE_BUILD_PID:-}" ]] || return 0
+  local deadline=$((SECONDS + WAIT_BUILD_S))
+  log "waiting for the build of Kueue $KUEUE_VERSION (tail -f $CACHE/logs/build-kueue.log)"
+  while kill -0 "$KUEUE_BUILD_PID" 2>/dev/null; do
+    ((SECONDS < deadline)) || { kill "$KUEUE_BUILD_PID" 2>/dev/null; die "Kueue build took over ${WAIT_BUILD_S}s, see $CACHE/logs/build-kueue.log"; }
+    sleep 2
+  done
+  wait "$KUEUE_BUILD_PID" || { tail -n 30 "$CACHE/logs/build-kueue.log" >&2; die "Kueue build failed, see $CACHE/logs/build-kueue.log"; }
+  KUEUE_BUILD_PID=
+}
+
 load_images() {  # load_images WHAT...
   DMLT_CONTAINERD_SOCK="$SOCK" DMLT_CACHE_DIR="$CACHE" "$LIB/images.sh" "$@"
 }
@@ -635,6 +719,7 @@ cmd_up() {
     check_ports
   fi
   start_tool_build
+  start_kueue_build
   ensure_packages
   # the image build runs beside the Go build (it is mostly download and unpack)
   local ip
@@ -659,6 +744,7 @@ cmd_up() {
   deploy_coredns
   check_dns_from_pod
   deploy_local_path
+  deploy_kueue
   install_user_tools
   log "waiting for the project images"
   if ! wait "$images_pid"; then
@@ -766,6 +852,10 @@ cmd_status() {
     kctl describe nodes | sed -n '/^Taints:/p;/^Conditions:/,/^Addresses:/p' | grep -v '^Addresses:'
     kctl get pods -A -o wide
     kctl get storageclass
+    if kctl get namespace "$KUEUE_NAMESPACE" >/dev/null 2>&1; then
+      kctl -n "$KUEUE_NAMESPACE" get deployments -o wide
+      kctl get clusterqueues,localqueues -A 2>/dev/null || true
+    fi
   fi
   echo "KUBECONFIG=$KUBECONFIG_ADMIN"
   return $rc
@@ -805,7 +895,7 @@ main() {
     logs) cmd_logs "$@" ;;
     kubectl) kctl "$@" ;;
     *)
-      sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
       [[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help || "$cmd" == help ]] || exit 2
       ;;
   esac
