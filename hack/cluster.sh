@@ -659,15 +659,20 @@ start_tool_build() {  # background: Kubernetes (the long pole), CoreDNS, the pro
   BUILD_PID=$!
 }
 
-wait_tool_build() {
-  [[ -n "${BUILD_PID:-}" ]] || return 0
-  local deadline=$((SECONDS + WAIT_BUILD_S))
-  log "waiting for the build of ${UP_TOOLS[*]} (tail -f $CACHE/logs/build-tools.log)"
-  while kill -0 "$BUILD_PID" 2>/dev/null; do
-    ((SECONDS < deadline)) || { kill "$BUILD_PID" 2>/dev/null; die "build took over ${WAIT_BUILD_S}s, see $CACHE/logs/build-tools.log"; }
+# wait_build PID WHAT LOG: wait (up to WAIT_BUILD_S) for a background build; die naming its log.
+wait_build() {
+  local pid="$1" what="$2" build_log="$3" deadline=$((SECONDS + WAIT_BUILD_S))
+  log "waiting for the build of $what (tail -f $build_log)"
+  while kill -0 "$pid" 2>/dev/null; do
+    ((SECONDS < deadline)) || { kill "$pid" 2>/dev/null; die "build of $what took over ${WAIT_BUILD_S}s, see $build_log"; }
     sleep 2
   done
-  wait "$BUILD_PID" || { tail -n 30 "$CACHE/logs/build-tools.log" >&2; die "build failed, see $CACHE/logs/build-tools.log"; }
+  wait "$pid" || { tail -n 30 "$build_log" >&2; die "build of $what failed, see $build_log"; }
+}
+
+wait_tool_build() {
+  [[ -n "${BUILD_PID:-}" ]] || return 0
+  wait_build "$BUILD_PID" "${UP_TOOLS[*]}" "$CACHE/logs/build-tools.log"
   BUILD_PID=
   tools_built || die "build finished but binaries are missing, see $CACHE/logs/build-tools.log"
 }
@@ -684,13 +689,7 @@ start_kueue_build() {
 
 wait_kueue_build() {
   [[ -n "${KUEUE_BUILD_PID:-}" ]] || return 0
-  local deadline=$((SECONDS + WAIT_BUILD_S))
-  log "waiting for the build of Kueue $KUEUE_VERSION (tail -f $CACHE/logs/build-kueue.log)"
-  while kill -0 "$KUEUE_BUILD_PID" 2>/dev/null; do
-    ((SECONDS < deadline)) || { kill "$KUEUE_BUILD_PID" 2>/dev/null; die "Kueue build took over ${WAIT_BUILD_S}s, see $CACHE/logs/build-kueue.log"; }
-    sleep 2
-  done
-  wait "$KUEUE_BUILD_PID" || { tail -n 30 "$CACHE/logs/build-kueue.log" >&2; die "Kueue build failed, see $CACHE/logs/build-kueue.log"; }
+  wait_build "$KUEUE_BUILD_PID" "Kueue $KUEUE_VERSION" "$CACHE/logs/build-kueue.log"
   KUEUE_BUILD_PID=
 }
 

@@ -14,9 +14,8 @@
 # Env:   DMLT_CACHE_DIR, DMLT_CONTAINERD_SOCK (the cluster's containerd; `image` only)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
-source "$HERE/versions.env"
-CACHE="${DMLT_CACHE_DIR:-/var/cache/dmlt}"
+# shellcheck source=binary-image.sh
+source "$HERE/binary-image.sh"
 VERSION="$KUEUE_VERSION"
 DIR="$CACHE/kueue/$VERSION"
 BIN="$DIR/bin/kueue"
@@ -27,7 +26,6 @@ REF="$REPO:$VERSION"
 NAMESPACE=kueue-system
 # the Debian base image (images.sh) for the smoke check's Job
 BASE_IMAGE=localhost/dmlt-base:bookworm
-BUILDAH=(buildah --root "$CACHE/buildah/storage" --runroot /run/dmlt-buildah --storage-driver overlay)
 
 log() { printf '[kueue %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
@@ -35,32 +33,13 @@ built() { [[ -x "$BIN" && -f "$CHART/Chart.yaml" ]] || "$HERE/build-tools.sh" ku
 
 package() {  # the image archive for the current binary, built once per content hash
   built
-  local key c
-  key="$( (sha256sum "$BIN"; echo v1) | sha256sum | cut -c1-16)"
-  ARCHIVE="$CACHE/images/kueue-$key.tar"
-  KEY="$key"
-  [[ -f "$ARCHIVE" ]] && return
-  log "packaging $BIN -> $REF"
-  mkdir -p "$CACHE/images"
-  c="$("${BUILDAH[@]}" from --quiet scratch)"
-  "${BUILDAH[@]}" copy --quiet --chmod 0755 "$c" "$BIN" /manager >/dev/null
-  "${BUILDAH[@]}" config --entrypoint '["/manager"]' --user 65532:65532 \
-    --label "dmlt.hash=$key" "$c"
-  "${BUILDAH[@]}" commit --quiet --rm "$c" "$REF" >/dev/null
-  rm -f "$ARCHIVE.tmp"
-  "${BUILDAH[@]}" push --quiet "$REF" "docker-archive:$ARCHIVE.tmp:$REF"
-  mv "$ARCHIVE.tmp" "$ARCHIVE"
+  package_binary kueue "$BIN" "$REF" /manager
 }
 
 image() {
   local sock="${DMLT_CONTAINERD_SOCK:?DMLT_CONTAINERD_SOCK: the containerd socket to load the image into}"
-  local ctr=(ctr --address "$sock" -n k8s.io)
   package
-  if ! "${ctr[@]}" images ls "name==$REF" 2>/dev/null | grep -q "dmlt.hash=$KEY"; then
-    log "importing $ARCHIVE into containerd as $REF"
-    "${ctr[@]}" images import "$ARCHIVE" >/dev/null
-    "${ctr[@]}" images label "$REF" "dmlt.hash=$KEY" >/dev/null
-  fi
+  load_archive "$sock" "$REF"
   echo "$REF"
 }
 
