@@ -145,9 +145,11 @@ class Dmlt:
         return f"{release_fullname(self.release)}-operator"
 
     def lease_holder(self) -> str:
+        """The operator Pod holding the Lease ("" when none): a holder identity is the Pod's name
+        and a random suffix of its process, `<pod>_<hex>`."""
         leases = client.CoordinationV1Api(self.api_client)
         lease = leases.read_namespaced_lease(self.lease_name, self.namespace)
-        return lease.spec.holder_identity or ""
+        return (lease.spec.holder_identity or "").rsplit("_", 1)[0]
 
     def kill_leader(self, limit_s: float = 60.0) -> tuple[client.V1Pod, float]:
         """Delete the leading operator Pod at once (no grace: as a crash) and wait until another
