@@ -150,7 +150,8 @@ def wait_for_pod(
     Fails fast, with the Pod's status, when it can never start (image missing from the node,
     bad config) and when ``timeout`` seconds pass.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     pod = None
     while time.monotonic() < deadline:
         pod = core_v1.read_namespaced_pod(name, ns)
@@ -159,7 +160,7 @@ def wait_for_pod(
             return PodResult(status.phase, "")
         if status.phase in until:
             return PodResult(status.phase, pod_logs(core_v1, name, ns))
-        _fail_if_unschedulable(pod, name, ns, since=deadline - timeout)
+        _fail_if_unschedulable(pod, name, ns, since=started)
         for cs in (status.container_statuses or []) + (status.init_container_statuses or []):
             waiting = cs.state.waiting if cs.state else None
             if waiting and waiting.reason in _FATAL_WAITING:

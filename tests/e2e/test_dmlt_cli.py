@@ -30,9 +30,8 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from tests.helpers.chart import Dmlt, install, release_fullname
+from tests.helpers.chart import Dmlt, installed_chart, release_fullname
 from tests.helpers.cli import cli_env
-from tests.helpers.helm_binary import require_helm
 from tests.helpers.jobs import JobPoller, phase_is, pods_by_rank, running_at_epoch
 from tests.helpers.mlflow import mlflow_get
 from tests.helpers.names import GROUP, VERSION
@@ -73,24 +72,17 @@ SLOW = [
 
 @pytest.fixture(scope="module")
 def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[Dmlt]:
-    helm = require_helm()
     # A 3 s study reconcile instead of 5 s, so the tune test's trials follow each other quickly.
     values = {"operator": {"studyReconcileIntervalSeconds": 3}}
-    try:
-        installed = install(api_client, namespace, helm, release=RELEASE, values=values)
-    except AssertionError as exc:
-        pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
-    yield installed
-    subprocess.run(
-        [sys.executable, "-m", "dmlt.cli", "delete", "ts", "cli-tune", "-n", namespace],
-        env=cli_env(),
-        capture_output=True,
-        check=False,
-        timeout=60,
-    )
-    problems = installed.teardown()
-    if problems:
-        print("teardown problems:\n" + "\n".join(problems))
+    with installed_chart(api_client, namespace, release=RELEASE, values=values) as installed:
+        yield installed
+        subprocess.run(
+            [sys.executable, "-m", "dmlt.cli", "delete", "ts", "cli-tune", "-n", namespace],
+            env=cli_env(),
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
 
 
 def cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:

@@ -23,8 +23,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.helpers.chart import Dmlt, install
-from tests.helpers.helm_binary import require_helm
+from tests.helpers.chart import Dmlt, installed_chart
 from tests.helpers.jobs import diagnose, job_events, job_manifest
 from tests.helpers.waiting import wait_for
 
@@ -45,16 +44,9 @@ WAIT_S = 300.0
 
 @pytest.fixture(scope="module")
 def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[Dmlt]:
-    helm = require_helm()
     values = {"postgresql": {"enabled": False}, "dashboard": {"enabled": False}}
-    try:
-        installed = install(api_client, namespace, helm, release=RELEASE, values=values)
-    except AssertionError as exc:
-        pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
-    yield installed
-    problems = installed.teardown()
-    if problems:
-        print("teardown problems:\n" + "\n".join(problems))
+    with installed_chart(api_client, namespace, release=RELEASE, values=values) as installed:
+        yield installed
 
 
 def _job(name: str, resources: dict[str, Any]) -> dict[str, Any]:

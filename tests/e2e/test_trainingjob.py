@@ -32,8 +32,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.helpers.chart import Dmlt, install
-from tests.helpers.helm_binary import require_helm
+from tests.helpers.chart import Dmlt, installed_chart
 from tests.helpers.jobs import (
     JobPoller,
     PodCensus,
@@ -81,15 +80,8 @@ TRAINER: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[Dmlt]:
     """The chart installed into this module's fresh namespace; uninstalled afterwards."""
-    helm = require_helm()
-    try:
-        installed = install(api_client, namespace, helm)
-    except AssertionError as exc:
-        pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
-    yield installed
-    problems = installed.teardown()
-    if problems:
-        print("teardown problems:\n" + "\n".join(problems))
+    with installed_chart(api_client, namespace) as installed:
+        yield installed
 
 
 def _status(job: dict[str, Any]) -> dict[str, Any]:

@@ -29,8 +29,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.helpers.chart import install
-from tests.helpers.helm_binary import require_helm
+from tests.helpers.chart import installed_chart
 from tests.helpers.mlflow import mlflow_get
 from tests.helpers.names import GROUP, PLURAL, STUDY_PLURAL, VERSION
 from tests.helpers.studies import StudyWatch, Tuning, finished_at_least, phase, study_manifest
@@ -51,23 +50,17 @@ HANDOVER_LIMIT_S = 15.0
 def tuning(api_client: client.ApiClient, namespace: str) -> Iterator[Tuning]:
     """The chart with its defaults (PostgreSQL on its claim of the default StorageClass) in this
     module's fresh namespace; studies deleted, then uninstalled, afterwards."""
-    helm = require_helm()
     # A 3 s study reconcile instead of 5 s: the disruption tests act between trials.
     values = {"operator": {"studyReconcileIntervalSeconds": 3}}
-    try:
-        installed = install(api_client, namespace, helm, values=values)
-    except AssertionError as exc:
-        pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
-    t = Tuning(installed)
-    yield t
-    try:
-        for study in t.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, STUDY_PLURAL)["items"]:
-            t.delete_study(study["metadata"]["name"])
-    except Exception as exc:  # noqa: BLE001 - teardown must go on
-        print(f"teardown: deleting studies: {exc}")
-    problems = installed.teardown()
-    if problems:
-        print("teardown problems:\n" + "\n".join(problems))
+    with installed_chart(api_client, namespace, values=values) as installed:
+        t = Tuning(installed)
+        yield t
+        try:
+            studies = t.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, STUDY_PLURAL)
+            for study in studies["items"]:
+                t.delete_study(study["metadata"]["name"])
+        except Exception as exc:  # noqa: BLE001 - teardown must go on
+            print(f"teardown: deleting studies: {exc}")
 
 
 # --------------------------------------------------------------------------- observing a study

@@ -9,14 +9,17 @@ import copy
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.helpers.helm_binary import require_helm
 from tests.helpers.jobs import load_example
 from tests.helpers.kube import (
     apply_crd,
@@ -254,3 +257,26 @@ def install(
         f"(default StorageClass: {storage_class})"
     )
     return dmlt
+
+
+@contextmanager
+def installed_chart(
+    api_client: client.ApiClient,
+    namespace: str,
+    *,
+    release: str = DEFAULT_RELEASE,
+    values: Mapping[str, Any] | None = None,
+) -> Iterator[Dmlt]:
+    """The chart installed for an e2e module (a failed install fails the test with helm's
+    message and the namespace's Pods); torn down afterwards, problems printed, never raised."""
+    helm = require_helm()
+    try:
+        installed = install(api_client, namespace, helm, release=release, values=values)
+    except AssertionError as exc:
+        pytest.fail(f"installing the chart failed: {exc}", pytrace=False)
+    try:
+        yield installed
+    finally:
+        problems = installed.teardown()
+        if problems:
+            print("teardown problems:\n" + "\n".join(problems))
