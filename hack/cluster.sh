@@ -642,12 +642,13 @@ cmd_env() {
 # ---------------------------------------------------------------------------------------------
 # builds
 
-# what `up` needs: the cluster, its DNS, its volume provisioner, and helm for the user
-UP_TOOLS=(k8s coredns local-path helm)
+# what `up` needs: the cluster, its DNS, its volume provisioner, helm for the user, and kwok for
+# the e2e scale test's simulated nodes (tests/e2e/test_scale_kwok.py)
+UP_TOOLS=(k8s coredns local-path helm kwok)
 tools_built() {
   [[ -f "$CACHE/k8s/$K8S_VERSION/.done" && -f "$CACHE/coredns/$COREDNS_VERSION/.done" \
     && -f "$CACHE/local-path-provisioner/$LOCAL_PATH_PROVISIONER_VERSION/.done" \
-    && -f "$CACHE/helm/$HELM_VERSION/.done" ]]
+    && -f "$CACHE/helm/$HELM_VERSION/.done" && -f "$CACHE/kwok/$KWOK_VERSION/stages.yaml" ]]
 }
 
 start_tool_build() {  # background: Kubernetes (the long pole), CoreDNS, the provisioner, helm

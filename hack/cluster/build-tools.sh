@@ -2,8 +2,9 @@
 # Build the pinned upstream binaries from Go source (Go module proxy only) into
 # ${DMLT_CACHE_DIR}/<tool>/<version>/bin.  A finished build leaves a .done stamp;
 # a present stamp skips the build.  Usage: build-tools.sh [k8s|coredns|helm|kind|local-path|kwok|kueue|all]...
-# kwok (simulated nodes for benchmarks/bench_scale.py) is built only when named or by `all`; kueue
-# (the job queueing controller, deployed by `hack/cluster.sh up` with DMLT_KUEUE=1) likewise.
+# kwok (simulated nodes for benchmarks/bench_scale.py and the e2e scale test) is built by
+# `hack/cluster.sh up`; kueue (the job queueing controller, deployed by `hack/cluster.sh up` with
+# DMLT_KUEUE=1) only when named or by `all`.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
