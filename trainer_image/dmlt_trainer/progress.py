@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-from dmlt_contract import EVENT_EPOCH, format_event
+from dmlt_contract import (
+    EVENT_EPOCH,
+    TERMINATION_LOG,
+    TERMINATION_LOG_ENV,
+    TERMINATION_LOG_LIMIT,
+    format_event,
+)
 
 
 def emit_event(event: str, **fields: Any) -> None:
     """One JSON object per line on stdout: the channel the operator reads from Pod logs."""
     sys.stdout.write(format_event(event, **fields) + "\n")
     sys.stdout.flush()
+
+
+def termination_log_path(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where to leave the `finished` event: DMLT_TERMINATION_LOG when its directory exists,
+    else /dev/termination-log when the kubelet made it; None outside a cluster."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(TERMINATION_LOG_ENV, "").strip()
+    if explicit:
+        return explicit if os.path.isdir(os.path.dirname(os.path.abspath(explicit))) else None
+    return TERMINATION_LOG if os.path.isfile(TERMINATION_LOG) else None
+
+
+def termination_message(event: str, **fields: Any) -> str:
+    """The event as it fits a termination message: without its bulky extras when too long."""
+    line = format_event(event, **fields)
+    if len(line.encode()) <= TERMINATION_LOG_LIMIT:
+        return line
+    keep = ("rank", "world_size", "status", "weights_sha256", "mlflow_run_id")
+    return format_event(event, **{k: v for k, v in fields.items() if k in keep})
+
+
+def write_termination_message(event: str, environ: Mapping[str, str] | None = None, **fields: Any) -> bool:
+    """Leave the event in the container's termination message (the Pod's status carries it to
+    the operator); best effort: False when there is nowhere to write or writing fails."""
+    path = termination_log_path(environ)
+    if path is None:
+        return False
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(termination_message(event, **fields))
+    except OSError:
+        return False
+    return True
 
 
 class EpochProgress:

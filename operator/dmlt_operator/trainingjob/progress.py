@@ -1,4 +1,8 @@
-"""The progress a trainer reports: the latest epoch and finished events in a rank's log tail.
+"""The progress a trainer reports: its epoch and finished events.
+
+A rank's `finished` event arrives in its Pod's termination message (`parse_termination_message`);
+the epoch events are pushed to the receiver (`progress_server`), or, as a fallback, read from
+rank 0's log tail (`parse_trainer_log`).
 
 The events are the contract's (`dmlt_contract.parse_event`); this module keeps the latest of
 each, cleans what it keeps for status, and turns it into `status.progress`.
@@ -74,7 +78,7 @@ def _epoch_fields(obj: dict[str, Any]) -> tuple[int, int | None] | None:
     return e, n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
-def _finished_result(obj: dict[str, Any]) -> dict[str, Any] | None:
+def finished_result(obj: dict[str, Any]) -> dict[str, Any] | None:
     """status.ranks[].result of a finished event; None for a status that is not a result."""
     status = obj.get("status")
     if status not in FINISH_STATUSES:
@@ -92,6 +96,17 @@ def _finished_result(obj: dict[str, Any]) -> dict[str, Any] | None:
     return finished
 
 
+def parse_termination_message(text: Any) -> dict[str, Any] | None:
+    """status.ranks[].result from a container's termination message (the `finished` event the
+    trainer wrote there); None for anything else, such as a failed container's log tail."""
+    if not isinstance(text, str):
+        return None
+    obj = parse_event(text)
+    if obj is None or obj["event"] != EVENT_FINISHED:
+        return None
+    return finished_result(obj)
+
+
 def parse_trainer_log(text: str | None) -> TrainerReport:
     """The latest epoch and finished events in a log tail; anything malformed is skipped."""
     epoch = epochs = None
@@ -106,7 +121,7 @@ def parse_trainer_log(text: str | None) -> TrainerReport:
             epoch, epochs = fields[0], fields[1] or epochs
             metrics = _clean_metrics(obj.get("metrics"))
             run_id = _run_id(obj.get("mlflow_run_id")) or run_id
-        elif obj["event"] == EVENT_FINISHED and (result := _finished_result(obj)) is not None:
+        elif obj["event"] == EVENT_FINISHED and (result := finished_result(obj)) is not None:
             finished = result
             run_id = run_id or result.get("mlflowRunId")
     if epoch is not None and epochs is not None and epoch > epochs:
