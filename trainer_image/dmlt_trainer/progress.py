@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -58,8 +59,13 @@ def write_termination_message(event: str, environ: Mapping[str, str] | None = No
 class EpochProgress:
     """A tqdm bar over epochs when stdout is a terminal; JSON lines otherwise."""
 
-    def __init__(self, epochs: int, start_epoch: int, enabled: bool, run_id: str | None) -> None:
+    def __init__(
+        self, epochs: int, start_epoch: int, enabled: bool, run_id: str | None, pusher: Any = None
+    ) -> None:
         self.enabled = enabled
+        self.pusher = pusher
+        """A ProgressPusher (rank 0 in a Pod the operator gave a progress URL): each epoch's
+        event also goes to the operator."""
         self.epochs = epochs
         self.run_id = run_id
         self.interactive = enabled and sys.stdout.isatty()
@@ -72,15 +78,18 @@ class EpochProgress:
     def update(self, epoch: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
+        fields = {"epoch": epoch + 1, "epochs": self.epochs, "metrics": metrics, "mlflow_run_id": self.run_id}
+        if self.pusher is not None:
+            self.pusher.submit(json.loads(format_event(EVENT_EPOCH, **fields)))
         if self.bar is not None:
             shown = {k: metrics[k] for k in ("train_loss", "val_loss", "val_auc") if k in metrics}
             self.bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
             self.bar.update(1)
         else:
-            emit_event(
-                EVENT_EPOCH, epoch=epoch + 1, epochs=self.epochs, metrics=metrics, mlflow_run_id=self.run_id
-            )
+            emit_event(EVENT_EPOCH, **fields)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.pusher is not None:
+            self.pusher.close()

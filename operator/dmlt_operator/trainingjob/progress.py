@@ -47,7 +47,7 @@ def finite_float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _clean_metrics(raw: Any) -> dict[str, float]:
+def clean_metrics(raw: Any) -> dict[str, float]:
     if not isinstance(raw, dict):
         return {}
     out: dict[str, float] = {}
@@ -64,13 +64,13 @@ def _clean_metrics(raw: Any) -> dict[str, float]:
     return out
 
 
-def _run_id(value: Any) -> str | None:
+def clean_run_id(value: Any) -> str | None:
     if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", value):
         return value
     return None
 
 
-def _epoch_fields(obj: dict[str, Any]) -> tuple[int, int | None] | None:
+def epoch_fields(obj: dict[str, Any]) -> tuple[int, int | None] | None:
     """(epoch, epochs) of an epoch event; None when its epoch is not a count."""
     e, n = obj.get("epoch"), obj.get("epochs")
     if not (isinstance(e, int) and not isinstance(e, bool) and e >= 0):
@@ -87,7 +87,7 @@ def finished_result(obj: dict[str, Any]) -> dict[str, Any] | None:
     digest = obj.get("weights_sha256")
     if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
         finished["weightsSha256"] = digest
-    rid = _run_id(obj.get("mlflow_run_id"))
+    rid = clean_run_id(obj.get("mlflow_run_id"))
     if rid:
         finished["mlflowRunId"] = rid
     world = obj.get("world_size")
@@ -117,10 +117,10 @@ def parse_trainer_log(text: str | None) -> TrainerReport:
         obj = parse_event(line)
         if obj is None:
             continue
-        if obj["event"] == EVENT_EPOCH and (fields := _epoch_fields(obj)) is not None:
+        if obj["event"] == EVENT_EPOCH and (fields := epoch_fields(obj)) is not None:
             epoch, epochs = fields[0], fields[1] or epochs
-            metrics = _clean_metrics(obj.get("metrics"))
-            run_id = _run_id(obj.get("mlflow_run_id")) or run_id
+            metrics = clean_metrics(obj.get("metrics"))
+            run_id = clean_run_id(obj.get("mlflow_run_id")) or run_id
         elif obj["event"] == EVENT_FINISHED and (result := finished_result(obj)) is not None:
             finished = result
             run_id = run_id or result.get("mlflowRunId")
