@@ -282,16 +282,20 @@ class ProgressApi:
         )
 
     def patch_job_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> bool:
-        """Merge-patch these status keys of the job with this uid; False when it is gone or was
-        recreated under its name (404, or 409 from the uid precondition)."""
-        body = {"metadata": {"uid": uid}, "status": status}
+        """Set these status keys of the job with this uid; False when it is gone or was recreated
+        under its name. A JSON patch whose first op tests the uid: the status subresource ignores
+        metadata in a merge patch, so a uid there would guard nothing (tests/integration/
+        test_progress_apiserver.py)."""
+        ops = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        ops += [{"op": "add", "path": f"/status/{key}", "value": value} for key, value in status.items()]
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, JOB_PLURAL, name, body,
-                _content_type="application/merge-patch+json", _request_timeout=REQUEST_TIMEOUT,
+                GROUP, VERSION, namespace, JOB_PLURAL, name, ops,
+                _content_type="application/json-patch+json", _request_timeout=REQUEST_TIMEOUT,
             )  # fmt: skip
         except ApiException as exc:
-            if exc.status in (404, 409):
+            # 404: gone; 409/422: the uid test failed (recreated), or the job has no status yet.
+            if exc.status in (404, 409, 422):
                 return False
             raise
         return True

@@ -11,8 +11,8 @@ gets a push writes it. Per request:
    expires, at most 10 minutes (a bound token dies with its Pod, which only the apiserver
    knows), so a Pod costs at most one TokenReview per 10 minutes;
 3. the body is an epoch event; an older (attempt, epoch) than the last accepted is stale;
-4. status.progress, status.metrics and status.mlflowRunId are merge-patched, with the job's
-   uid as precondition, at most once per job per 0.5 s: a report arriving sooner replaces the
+4. status.progress, status.metrics and status.mlflowRunId are patched (a JSON patch that first
+   tests the job's uid), at most once per job per 0.5 s: a report arriving sooner replaces the
    one waiting (latest wins).
 
 Nothing else of the job is written here; the planner carries these keys as they are.
