@@ -237,3 +237,83 @@ def _gone(cluster, name: str) -> bool:
     except ApiException as exc:
         return exc.status == 404
     return False
+
+
+def finished_message(rank: int) -> str:
+    return json.dumps({"event": "finished", "rank": rank, "world_size": 2, "status": "completed",
+                       "weights_sha256": "d" * 64, "mlflow_run_id": "r9"})  # fmt: skip
+
+
+def play_pod(cluster, pod: str, state: str) -> None:
+    """A kubelet's Pod status; a finished container leaves the trainer's termination message."""
+    now = "2026-01-01T00:00:00Z"
+    container = {
+        "name": "trainer",
+        "image": "x",
+        "imageID": "",
+        "restartCount": 0,
+        "ready": state == "running",
+    }
+    if state == "running":
+        phase, container["state"] = "Running", {"running": {"startedAt": now}}
+    else:
+        rank = int(pod.rsplit("-", 1)[1])
+        phase, container["state"] = "Succeeded", {"terminated": {
+            "exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now,
+            "message": finished_message(rank)}}  # fmt: skip
+    ready = "True" if state == "running" else "False"
+    cluster["core"].patch_namespaced_pod_status(pod, NS, {"status": {
+        "phase": phase, "conditions": [{"type": "Ready", "status": ready}], "containerStatuses": [container]}})  # fmt: skip
+
+
+def test_the_operator_serves_progress_and_finishes_jobs_from_termination_messages(cluster, chart, tmp_path):
+    """The operator process with its receiver on and the chart's RBAC, which has no pods/log:
+    rank 0 gets the token and URL, a push shows in status, and the job succeeds with every
+    rank's result from its termination message, no log read."""
+    from tests.helpers.apiserver import Operator, wait_phase, wait_pods
+    from tests.helpers.control_plane import free_port
+
+    tls = make_tls(tmp_path / "tls")
+    port = free_port()
+    op = Operator(cluster, "progress-operator", DMLT_PROGRESS_SERVICE_URL="https://dmlt-operator-progress.dmlt.svc:8443",
+                  DMLT_PROGRESS_TLS_DIR=str(tls.dir), DMLT_PROGRESS_PORT=str(port))  # fmt: skip
+    op.start()
+    try:
+        apply_job(cluster, "ej")
+        wait_pods(cluster, "ej", 2, 0)
+        uid = get_job(cluster, "ej")["metadata"]["uid"]
+        pods = {
+            p.metadata.name: p
+            for p in cluster["core"].list_namespaced_pod(NS, label_selector="dmlt.io/job-name=ej").items
+        }
+        rank0 = pods["ej-0"].spec
+        (volume,) = [v for v in rank0.volumes if v.projected is not None]
+        assert volume.projected.sources[0].service_account_token.audience == progress_audience(NS, "ej", uid)
+        env = {e.name: e.value for e in rank0.containers[0].env}
+        assert env["DMLT_PROGRESS_URL"] == "https://dmlt-operator-progress.dmlt.svc:8443" + progress_path(
+            NS, "ej", uid
+        )
+        assert env["DMLT_PROGRESS_CA"] == tls.ca_pem.strip()
+        assert rank0.automount_service_account_token is False
+        assert not any(v.projected for v in pods["ej-1"].spec.volumes)
+
+        for name in ("ej-0", "ej-1"):
+            play_pod(cluster, name, "running")
+        wait_phase(cluster, "ej", "Running")
+        token = pod_token(cluster, progress_audience(NS, "ej", uid), "ej-0", pods["ej-0"].metadata.uid)
+        running = type("R", (), {"port": port})
+        assert post(running, tls, progress_path(NS, "ej", uid), token, epoch(3)) == 202
+        wait_until(
+            lambda: get_job(cluster, "ej")["status"].get("progress", {}).get("epoch") == 3, 10, "progress"
+        )
+        time.sleep(2)  # a few reconciles: they keep what the receiver wrote
+        assert get_job(cluster, "ej")["status"]["progress"]["summary"] == "3/4"
+
+        for name in ("ej-0", "ej-1"):
+            play_pod(cluster, name, "succeeded")
+        status = wait_phase(cluster, "ej", "Succeeded")["status"]
+        assert status["result"] == "completed" and status["mlflowRunId"] == "r9"
+        assert [r["result"]["weightsSha256"] for r in status["ranks"]] == ["d" * 64] * 2
+        assert "Cannot read the log" not in op.log_text()
+    finally:
+        op.stop()
