@@ -303,3 +303,26 @@ def test_the_pusher_comes_from_the_pods_env(tmp_path):
     assert pusher is not None and pusher.attempt == 2
     pusher.close(0)
     assert ProgressPusher.from_env({**env, "DMLT_PROGRESS_CA": "not a pem"}) is None
+
+
+def test_the_fake_and_the_real_api_implement_the_receivers_protocol():
+    from dmlt_operator.core.kube import ProgressApi
+
+    from tests.helpers.protocols import assert_implements, protocol_members
+
+    assert protocol_members(ps.ProgressKube) == ["patch_job_status", "review_token"]
+    assert_implements(ProgressApi, ps.ProgressKube)
+    assert_implements(FakeProgressKube, ps.ProgressKube)
+
+
+def test_main_starts_the_receiver_on_any_replica_only_when_configured(tmp_path, monkeypatch):
+    from dmlt_operator import main
+    from dmlt_operator.core.config import OperatorConfig, ProgressConfig
+
+    assert main.start_progress_receiver(OperatorConfig()) is None
+    tls = make_tls(tmp_path / "tls")
+    monkeypatch.setattr(main, "load_config", lambda: None)
+    monkeypatch.setattr(main, "ProgressApi", FakeProgressKube)
+    cfg = OperatorConfig(progress=ProgressConfig(url="https://rx:8443", port=1, tls_dir=str(tls.dir)))
+    monkeypatch.setattr(ps, "serve", lambda kube, port, tls_ctx: (type(kube).__name__, port))
+    assert main.start_progress_receiver(cfg) == ("FakeProgressKube", 1)
