@@ -18,6 +18,34 @@ JOB_NAME_ENV = "DMLT_JOB_NAME"
 NODE_RANK_ENV = "DMLT_NODE_RANK"
 ATTEMPT_ENV = "DMLT_ATTEMPT"
 
+# --- how a rank reports (docs/operator.md, "Progress") ---------------------------------------
+TERMINATION_LOG_ENV = "DMLT_TERMINATION_LOG"
+"""Where a rank writes its `finished` event; unset: TERMINATION_LOG, when the kubelet made it."""
+TERMINATION_LOG = "/dev/termination-log"
+"""The container's terminationMessagePath (Kubernetes' default); the Pod's
+state.terminated.message carries what is written there (at most TERMINATION_LOG_LIMIT bytes)."""
+TERMINATION_LOG_LIMIT = 4096
+PROGRESS_URL_ENV = "DMLT_PROGRESS_URL"
+"""HTTPS URL rank 0 POSTs each epoch event to (the operator's progress receiver)."""
+PROGRESS_TOKEN_FILE_ENV = "DMLT_PROGRESS_TOKEN_FILE"
+"""File holding the projected service-account token for that URL (the kubelet rotates it)."""
+PROGRESS_CA_ENV = "DMLT_PROGRESS_CA"
+"""PEM of the CA that signed the receiver's serving certificate (inline, not a path)."""
+PROGRESS_PATH_PREFIX = "/v1/progress"
+"""The receiver's path: PROGRESS_PATH_PREFIX/<namespace>/<job>/<job uid>."""
+PROGRESS_AUDIENCE_PREFIX = "dmlt.io/progress"
+
+
+def progress_audience(namespace: str, job: str, uid: str) -> str:
+    """The audience of one TrainingJob instance's progress token: the apiserver refuses such a
+    token for its own API, and the receiver accepts it only for this job (and this uid)."""
+    return f"{PROGRESS_AUDIENCE_PREFIX}/{namespace}/{job}/{uid}"
+
+
+def progress_path(namespace: str, job: str, uid: str) -> str:
+    return f"{PROGRESS_PATH_PREFIX}/{namespace}/{job}/{uid}"
+
+
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 """The Optuna storage of a search run on one machine (the trainer's hp_search, `dmlt tune --local`)."""
 

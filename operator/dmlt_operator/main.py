@@ -19,9 +19,10 @@ import kopf
 
 from dmlt_operator.core import metrics
 from dmlt_operator.core.config import OperatorConfig
-from dmlt_operator.core.kube import LeaseApi, load_config
+from dmlt_operator.core.kube import LeaseApi, ProgressApi, load_config
 from dmlt_operator.core.leader import Elector, lead_while_holding
 from dmlt_operator.trainingjob import handlers as trainingjob_handlers
+from dmlt_operator.trainingjob import progress_server
 from dmlt_operator.tuningstudy import handlers as tuningstudy_handlers
 
 
@@ -87,6 +88,17 @@ def serve_standby_health(port: int) -> ThreadingHTTPServer:
     return server
 
 
+def start_progress_receiver(cfg: OperatorConfig) -> progress_server.RunningReceiver | None:
+    """The progress receiver, on every replica and before any election: whichever replica the
+    Service sends a push to writes it. None when no receiver is configured (progress from logs)."""
+    progress = cfg.progress
+    if not progress.enabled:
+        return None
+    load_config()
+    tls = progress_server.tls_context(progress.cert_file, progress.key_file)
+    return progress_server.serve(ProgressApi(), progress.port, tls)
+
+
 def replica_identity() -> str:
     """Unique per process: the Pod's name (the chart gives DMLT_POD_NAME) and a random suffix, so a
     restarted container never mistakes its predecessor's Lease for its own."""
@@ -108,6 +120,7 @@ async def run_elected(cfg: OperatorConfig, namespaces: tuple[str, ...]) -> int:
     metrics.serve(cfg.metrics_port)
     metrics.LEADER.set(0)
     load_config()
+    start_progress_receiver(cfg)
     store = LeaseApi(election.lease_namespace, election.lease_name, election.retry_period_s)
     elector = Elector(election, replica_identity(), store)
     stop = asyncio.Event()
@@ -143,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.leader_election.enabled:
         return asyncio.run(run_elected(cfg, namespaces))
     metrics.LEADER.set(1)  # alone: always the one acting
+    start_progress_receiver(cfg)
     kopf.run(**operator_kwargs(cfg, namespaces, kopf.Memo(config=cfg)))
     return 0
 

@@ -22,6 +22,7 @@ from dmlt_trainer.dist import DistContext, all_reduce_mean, broadcast_object, ga
 from dmlt_trainer.metrics import binary_metrics
 from dmlt_trainer.model import TabularNet
 from dmlt_trainer.progress import EpochProgress
+from dmlt_trainer.progress_push import ProgressPusher
 from dmlt_trainer.tracking import NullTracker
 
 EVAL_BATCH = 8192
@@ -286,9 +287,9 @@ class Trainer:
         """Resume if a checkpoint exists, train the remaining epochs, test, and report."""
         resumed = self._restore()
         self._start_tracking(resumed)
-        progress = EpochProgress(
-            self.cfg.train.epochs, self.epoch, self.show_progress and self.ctx.is_main, self.mlflow_run_id
-        )
+        enabled = self.show_progress and self.ctx.is_main
+        pusher = ProgressPusher.from_env() if enabled else None
+        progress = EpochProgress(self.cfg.train.epochs, self.epoch, enabled, self.mlflow_run_id, pusher)
         try:
             status, metrics = self._train_epochs(progress)
         except BaseException:

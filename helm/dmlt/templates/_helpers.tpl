@@ -111,3 +111,30 @@ derived from the release: re-applying the same manifests keeps it, but anyone ca
 {{- define "dmlt.dashboard.enabled" -}}
 {{- if and .Values.dashboard.enabled (include "dmlt.storageSecretName" .) }}true{{ end }}
 {{- end }}
+
+{{/* The progress receiver's Service (both replicas serve it) and its TLS Secret. */}}
+{{- define "dmlt.progress.serviceName" -}}
+{{- printf "%s-progress" (include "dmlt.operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dmlt.progress.secretName" -}}
+{{- .Values.operator.progress.tls.existingSecret | default (printf "%s-progress-tls" (include "dmlt.operator.fullname" .) | trunc 63 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The URL trainer Pods push to (the serving certificate names this host). */}}
+{{- define "dmlt.progress.url" -}}
+{{- printf "https://%s.%s.svc:%d" (include "dmlt.progress.serviceName" .) .Release.Namespace (int .Values.operator.progress.port) }}
+{{- end }}
+
+{{/*
+"true" when the progress receiver runs: enabled, and its certificate exists or can be made
+(a named existingSecret, the Secret of an earlier install, or a cluster to install into). Rendered
+without a cluster (helm template, manifests/) a generated key would differ on every render, so
+there the receiver is off and the operator reads progress from rank 0's log instead.
+*/}}
+{{- define "dmlt.progress.enabled" -}}
+{{- $p := .Values.operator.progress }}
+{{- if $p.enabled }}
+{{- if or $p.tls.existingSecret (lookup "v1" "Secret" .Release.Namespace (include "dmlt.progress.secretName" .)) (lookup "v1" "Namespace" "" "kube-system") }}true{{ end }}
+{{- end }}
+{{- end }}

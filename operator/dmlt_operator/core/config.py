@@ -88,6 +88,59 @@ class LeaderElectionConfig:
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
+class ProgressConfig:
+    """The progress receiver (trainingjob/progress_server.py, docs/operator.md "Progress"). Off
+    (no URL): the operator reads progress from rank 0's log instead, the old fallback."""
+
+    url: str = ""
+    """Base URL trainer Pods reach the receiver at, e.g. https://dmlt-progress.dmlt.svc:8443;
+    empty disables the receiver [DMLT_PROGRESS_SERVICE_URL]."""
+    port: int = 8443
+    """Port the receiver listens on, on every replica [DMLT_PROGRESS_PORT]."""
+    tls_dir: str = "/etc/dmlt/progress-tls"
+    """Directory with tls.crt, tls.key and ca.crt (the chart's Secret) [DMLT_PROGRESS_TLS_DIR]."""
+    ca_pem: str = ""
+    """ca.crt of tls_dir, read at start: trainer Pods get it inline (DMLT_PROGRESS_CA)."""
+    token_expiration_s: int = 3600
+    """Lifetime of the projected token in trainer Pods (the kubelet renews it at 80 %)
+    [DMLT_PROGRESS_TOKEN_EXPIRATION_SECONDS]."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    @property
+    def cert_file(self) -> str:
+        return os.path.join(self.tls_dir, "tls.crt")
+
+    @property
+    def key_file(self) -> str:
+        return os.path.join(self.tls_dir, "tls.key")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProgressConfig:
+        url = env.get("DMLT_PROGRESS_SERVICE_URL", "").strip().rstrip("/")
+        tls_dir = env.get("DMLT_PROGRESS_TLS_DIR", "").strip() or "/etc/dmlt/progress-tls"
+        ca_pem = ""
+        if url:
+            if not url.startswith("https://"):
+                raise ValueError(f"DMLT_PROGRESS_SERVICE_URL must be an https:// URL; got {url!r}")
+            try:
+                with open(os.path.join(tls_dir, "ca.crt"), encoding="utf-8") as f:
+                    ca_pem = f.read().strip()
+            except OSError as exc:
+                raise ValueError(f"the progress receiver needs {tls_dir}/ca.crt: {exc}") from None
+        return cls(
+            url=url,
+            port=_int(env, "DMLT_PROGRESS_PORT", 8443, 1),
+            tls_dir=tls_dir,
+            ca_pem=ca_pem,
+            # The kubelet requires at least 10 minutes.
+            token_expiration_s=_int(env, "DMLT_PROGRESS_TOKEN_EXPIRATION_SECONDS", 3600, 600),
+        )
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
 class OperatorConfig:
     """Settings of one operator process (environment variables in brackets)."""
 
@@ -97,7 +150,8 @@ class OperatorConfig:
     reconcile_interval_s: float = 5.0
     """How often each TrainingJob is reconciled [DMLT_RECONCILE_INTERVAL_SECONDS]."""
     log_tail_lines: int = 200
-    """Lines of rank 0's log read per reconcile for progress [DMLT_LOG_TAIL_LINES]."""
+    """Lines of rank 0's log read per reconcile for progress, only without a progress receiver
+    [DMLT_LOG_TAIL_LINES]."""
     log_limit_bytes: int = 256 * 1024
     """Upper bound on bytes of log read per request [DMLT_LOG_LIMIT_BYTES]."""
     gloo_socket_ifname: str = "eth0"
@@ -130,6 +184,8 @@ class OperatorConfig:
     """Timeout of each MLflow REST call [DMLT_MLFLOW_TIMEOUT_SECONDS]."""
     leader_election: LeaderElectionConfig = LeaderElectionConfig()
     """Which replica acts when several run [DMLT_LEADER_ELECTION, DMLT_LEASE_*]."""
+    progress: ProgressConfig = ProgressConfig()
+    """Where trainers push progress [DMLT_PROGRESS_*]."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -154,4 +210,5 @@ class OperatorConfig:
             storage_connect_timeout_s=_int(env, "DMLT_STORAGE_CONNECT_TIMEOUT_SECONDS", 10, 1),
             mlflow_timeout_s=_float(env, "DMLT_MLFLOW_TIMEOUT_SECONDS", 10.0, 0.1),
             leader_election=LeaderElectionConfig.from_env(env),
+            progress=ProgressConfig.from_env(env),
         )

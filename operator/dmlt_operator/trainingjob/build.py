@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from dmlt_contract import ATTEMPT_ENV, JOB_NAME_ENV, NODE_RANK_ENV
-from dmlt_operator.core.config import OperatorConfig
+from dmlt_contract import (
+    ATTEMPT_ENV,
+    JOB_NAME_ENV,
+    NODE_RANK_ENV,
+    PROGRESS_CA_ENV,
+    PROGRESS_TOKEN_FILE_ENV,
+    PROGRESS_URL_ENV,
+    progress_audience,
+    progress_path,
+)
+from dmlt_operator.core.config import OperatorConfig, ProgressConfig
 from dmlt_operator.core.objects import (
     JOB_KIND,
     LABEL_COMPONENT,
@@ -30,6 +39,9 @@ TRAINER_CONTAINER = "trainer"
 CHECKPOINT_DIR = "/var/lib/dmlt/checkpoints"
 DATA_CACHE_DIR = "/tmp/dmlt-cache"
 RUN_AS_UID = 10001
+PROGRESS_TOKEN_VOLUME = "dmlt-progress-token"
+PROGRESS_TOKEN_DIR = "/var/run/secrets/dmlt.io/progress"
+PROGRESS_TOKEN_FILE = f"{PROGRESS_TOKEN_DIR}/token"
 
 
 class JobRef(ObjectRef):
@@ -166,9 +178,31 @@ def _env(
         ours.append({"name": "MLFLOW_TRACKING_URI", "value": tracking_uri})
     if cfg.gloo_socket_ifname:
         ours.append({"name": "GLOO_SOCKET_IFNAME", "value": cfg.gloo_socket_ifname})
+    if cfg.progress.enabled and rank == 0:
+        ours += progress_env(job, cfg.progress)
     user = [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env]
     overridden = {e["name"] for e in user}
     return [e for e in ours if e["name"] not in overridden] + user
+
+
+def progress_env(job: JobRef, progress: ProgressConfig) -> list[dict[str, Any]]:
+    """Where rank 0 pushes its epoch events, with which token, trusting which CA."""
+    return [
+        {"name": PROGRESS_URL_ENV, "value": progress.url + progress_path(job.namespace, job.name, job.uid)},
+        {"name": PROGRESS_TOKEN_FILE_ENV, "value": PROGRESS_TOKEN_FILE},
+        {"name": PROGRESS_CA_ENV, "value": progress.ca_pem},
+    ]
+
+
+def progress_token_volume(job: JobRef, progress: ProgressConfig) -> dict[str, Any]:
+    """A projected token for this job instance's audience only: the apiserver refuses it for
+    its own API, so the trainer still holds no credential for the cluster."""
+    token = {
+        "audience": progress_audience(job.namespace, job.name, job.uid),
+        "expirationSeconds": progress.token_expiration_s,
+        "path": PROGRESS_TOKEN_FILE.rsplit("/", 1)[1],
+    }
+    return {"name": PROGRESS_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}
 
 
 def _resources(spec: TrainingJobSpec) -> dict[str, Any]:
@@ -208,6 +242,10 @@ def build_rank_pod(
         _checkpoint_volume(spec, rank),
         {"name": "tmp", "emptyDir": {}},
     ]
+    if cfg.progress.enabled and rank == 0:
+        # Only rank 0 reports progress, so only rank 0 gets the token.
+        mounts.append({"name": PROGRESS_TOKEN_VOLUME, "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True})
+        volumes.append(progress_token_volume(job, cfg.progress))
     if spec.effective_backend == "nccl":
         # NCCL and DataLoader workers use shared memory; a container's /dev/shm is 64 MiB.
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -238,7 +276,8 @@ def build_rank_pod(
         "subdomain": service_name(job.name),
         "restartPolicy": "Never",
         "enableServiceLinks": False,
-        # The trainer never talks to the Kubernetes API.
+        # The trainer never talks to the Kubernetes API (rank 0's progress token, above, is
+        # for the operator's receiver only: its audience is not the apiserver's).
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": cfg.termination_grace_period_s,
         "securityContext": {

@@ -1,7 +1,8 @@
 """The reconciler's decisions, as a pure function of what is observed.
 
-`plan()` takes a TrainingJob's spec, its last status, the Pods the kopf index holds for it, the
-trainer reports read from logs, and the time; it returns the status the job should have and
+`plan()` takes a TrainingJob's spec, its last status, the Pods the kopf index holds for it (with
+each rank's result from its termination message), the trainer reports read from logs where no
+progress receiver is configured, and the time; it returns the status the job should have and
 the few actions that get there (create these ranks, delete these Pods, delete the job). It is
 level-triggered: it never asks what happened, only what is, so running it twice, late, or after
 an operator restart gives the same answer.
@@ -116,11 +117,14 @@ class Observed:
     reports: Mapping[str, TrainerReport]
 
 
-def logs_to_read(status: Mapping[str, Any] | None, pods: Sequence[pd.PodSummary], uid: str) -> list[str]:
-    """Pods whose log tail is worth reading now: rank 0 while it runs, and each rank once when
-    it has succeeded (its `finished` line: result and weight hash)."""
+def logs_to_read(
+    status: Mapping[str, Any] | None, pods: Sequence[pd.PodSummary], uid: str, enabled: bool = True
+) -> list[str]:
+    """The fallback progress channel (no receiver configured: `enabled`): Pods whose log tail
+    is worth reading now. Rank 0 while it runs, and a succeeded rank whose termination message
+    held no result (a trainer image from before termination messages), once."""
     status = status or {}
-    if status.get("phase") in TERMINAL:
+    if not enabled or status.get("phase") in TERMINAL:
         return []
     attempt = int(status.get("attempt") or 0)
     known = {
@@ -134,7 +138,7 @@ def logs_to_read(status: Mapping[str, Any] | None, pods: Sequence[pd.PodSummary]
             continue
         if pod.rank == 0 and pod.state == pd.RUNNING:
             names.append(pod.name)
-        elif pod.state == pd.SUCCEEDED and not (known.get(pod.rank) or {}).get("result"):
+        elif pod.state == pd.SUCCEEDED and not pod.result and not (known.get(pod.rank) or {}).get("result"):
             names.append(pod.name)
     return sorted(names)
 
@@ -175,14 +179,24 @@ def _rank_entries(
                 entry["reason"] = pod.reason
             if pod.message and pod.state in (pd.FAILED, pd.PENDING):
                 entry["message"] = pod.message
-        result = prev.get("result")
-        report = reports.get(entry["pod"]) if pod is not None else None
-        if report is not None and report.finished:
-            result = report.finished
+        result = _rank_result(pod, prev, reports)
         if result:
             entry["result"] = dict(result)
         entries.append(entry)
     return entries
+
+
+def _rank_result(
+    pod: pd.PodSummary | None, prev: Mapping[str, Any], reports: Mapping[str, TrainerReport]
+) -> Mapping[str, Any] | None:
+    """A rank's result: its Pod's termination message, else its log (the fallback), else what
+    status already holds."""
+    if pod is not None and pod.result:
+        return pod.result
+    report = reports.get(pod.name) if pod is not None else None
+    if report is not None and report.finished:
+        return report.finished
+    return prev.get("result")
 
 
 def _ranks_reset(b: JobBuilder, o: Observed, attempt: int) -> None:
@@ -210,6 +224,7 @@ def observe(
         if isinstance(r, Mapping) and isinstance(r.get("rank"), int) and r.get("attempt") == attempt
     }
     s["ranks"] = _rank_entries(job.name, spec, attempt, current, old_ranks, reports)
+    _apply_rank0_result(s)
     s["ready"] = f"{sum(1 for p in current.values() if p.ready)}/{spec.replicas}"
     foreign = {p.name for p in pods if p.owner_uid != job.uid}
     return Observed(b.ref, spec, own, foreign, current, old_ranks, reports)
@@ -373,6 +388,7 @@ def plan(
 
 
 def _apply_reports(s: dict[str, Any], job: JobRef, reports: Mapping[str, TrainerReport]) -> None:
+    """Progress from rank 0's log (the fallback channel; the receiver writes it otherwise)."""
     rank0 = reports.get(pod_name(job.name, 0))
     if rank0 is None:
         return
@@ -383,8 +399,16 @@ def _apply_reports(s: dict[str, Any], job: JobRef, reports: Mapping[str, Trainer
         s["metrics"] = dict(rank0.metrics)
     if rank0.mlflow_run_id:
         s["mlflowRunId"] = rank0.mlflow_run_id
-    if rank0.finished:
-        s["result"] = rank0.finished["status"]
+
+
+def _apply_rank0_result(s: dict[str, Any]) -> None:
+    """The job's result and MLflow run: rank 0's, once it has finished."""
+    rank0 = next((e for e in s.get("ranks") or [] if e.get("rank") == 0), None)
+    result = (rank0 or {}).get("result") or {}
+    if result.get("status"):
+        s["result"] = result["status"]
+    if result.get("mlflowRunId"):
+        s["mlflowRunId"] = result["mlflowRunId"]
 
 
 def _ended(b: JobBuilder, o: Observed, cond: str, reason: str, message: str) -> None:

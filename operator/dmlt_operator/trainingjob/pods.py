@@ -13,6 +13,7 @@ from typing import Any
 from dmlt_operator.core.conditions import FAILED, PENDING, RUNNING, SUCCEEDED
 from dmlt_operator.core.objects import JOB_KIND, controller_uid
 from dmlt_operator.trainingjob import build
+from dmlt_operator.trainingjob.progress import parse_termination_message
 
 # States of a rank, as shown in status.ranks[].state: the phase names, and two of their own.
 ABSENT = "Absent"
@@ -38,6 +39,12 @@ class PodSummary:
     reason: str | None = None
     message: str | None = None
     node: str | None = None
+    result_items: tuple[tuple[str, Any], ...] = ()
+    """The rank's result (status.ranks[].result) from its termination message, as items."""
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return dict(self.result_items) or None
 
     @property
     def state(self) -> str:
@@ -67,6 +74,27 @@ def _short(text: Any, limit: int = 256) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _container_facts(container: Mapping[str, Any] | None) -> dict[str, Any]:
+    """started, exit_code, reason, message and result of the trainer container's state. A
+    termination message that is the trainer's `finished` event is its result, not a message."""
+    state = (container or {}).get("state") or {}
+    if "running" in state:
+        return {"started": True}
+    if "terminated" in state:
+        terminated = state["terminated"] or {}
+        exit_code = terminated.get("exitCode")
+        result = parse_termination_message(terminated.get("message"))
+        return {
+            "started": True,
+            "exit_code": exit_code if isinstance(exit_code, int) else None,
+            "reason": terminated.get("reason"),
+            "message": None if result else terminated.get("message"),
+            "result": result,
+        }
+    waiting = state.get("waiting") or {}
+    return {"reason": waiting.get("reason"), "message": waiting.get("message")}
+
+
 def summarize_pod(body: Mapping[str, Any]) -> PodSummary | None:
     """Summarize a trainer Pod; None for a Pod without valid dmlt labels."""
     meta = body.get("metadata") or {}
@@ -84,24 +112,9 @@ def summarize_pod(body: Mapping[str, Any]) -> PodSummary | None:
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in pod_status.get("conditions") or []
     )
-    started = False
-    exit_code = None
-    reason = pod_status.get("reason")
-    message = pod_status.get("message")
-    if container:
-        state = container.get("state") or {}
-        if "running" in state:
-            started = True
-        elif "terminated" in state:
-            started = True
-            terminated = state["terminated"] or {}
-            exit_code = terminated.get("exitCode")
-            reason = reason or terminated.get("reason")
-            message = message or terminated.get("message")
-        elif "waiting" in state:
-            waiting = state["waiting"] or {}
-            reason = reason or waiting.get("reason")
-            message = message or waiting.get("message")
+    facts = _container_facts(container)
+    reason = pod_status.get("reason") or facts.get("reason")
+    message = pod_status.get("message") or facts.get("message")
     if phase == "Pending" and not reason:
         for cond in pod_status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
@@ -116,11 +129,12 @@ def summarize_pod(body: Mapping[str, Any]) -> PodSummary | None:
         phase=phase,
         deleting=bool(meta.get("deletionTimestamp")),
         ready=ready,
-        started=started,
-        exit_code=exit_code if isinstance(exit_code, int) else None,
+        started=bool(facts.get("started")),
+        exit_code=facts.get("exit_code"),
         reason=_short(reason, 128),
         message=_short(message),
         node=(body.get("spec") or {}).get("nodeName"),
+        result_items=tuple(sorted((facts.get("result") or {}).items())),
     )
 
 

@@ -1,4 +1,8 @@
-"""The progress a trainer reports: the latest epoch and finished events in a rank's log tail.
+"""The progress a trainer reports: its epoch and finished events.
+
+A rank's `finished` event arrives in its Pod's termination message (`parse_termination_message`);
+the epoch events are pushed to the receiver (`progress_server`), or, as a fallback, read from
+rank 0's log tail (`parse_trainer_log`).
 
 The events are the contract's (`dmlt_contract.parse_event`); this module keeps the latest of
 each, cleans what it keeps for status, and turns it into `status.progress`.
@@ -43,7 +47,7 @@ def finite_float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _clean_metrics(raw: Any) -> dict[str, float]:
+def clean_metrics(raw: Any) -> dict[str, float]:
     if not isinstance(raw, dict):
         return {}
     out: dict[str, float] = {}
@@ -60,13 +64,13 @@ def _clean_metrics(raw: Any) -> dict[str, float]:
     return out
 
 
-def _run_id(value: Any) -> str | None:
+def clean_run_id(value: Any) -> str | None:
     if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", value):
         return value
     return None
 
 
-def _epoch_fields(obj: dict[str, Any]) -> tuple[int, int | None] | None:
+def epoch_fields(obj: dict[str, Any]) -> tuple[int, int | None] | None:
     """(epoch, epochs) of an epoch event; None when its epoch is not a count."""
     e, n = obj.get("epoch"), obj.get("epochs")
     if not (isinstance(e, int) and not isinstance(e, bool) and e >= 0):
@@ -74,7 +78,7 @@ def _epoch_fields(obj: dict[str, Any]) -> tuple[int, int | None] | None:
     return e, n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
-def _finished_result(obj: dict[str, Any]) -> dict[str, Any] | None:
+def finished_result(obj: dict[str, Any]) -> dict[str, Any] | None:
     """status.ranks[].result of a finished event; None for a status that is not a result."""
     status = obj.get("status")
     if status not in FINISH_STATUSES:
@@ -83,13 +87,24 @@ def _finished_result(obj: dict[str, Any]) -> dict[str, Any] | None:
     digest = obj.get("weights_sha256")
     if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
         finished["weightsSha256"] = digest
-    rid = _run_id(obj.get("mlflow_run_id"))
+    rid = clean_run_id(obj.get("mlflow_run_id"))
     if rid:
         finished["mlflowRunId"] = rid
     world = obj.get("world_size")
     if isinstance(world, int) and not isinstance(world, bool) and world >= 1:
         finished["worldSize"] = world
     return finished
+
+
+def parse_termination_message(text: Any) -> dict[str, Any] | None:
+    """status.ranks[].result from a container's termination message (the `finished` event the
+    trainer wrote there); None for anything else, such as a failed container's log tail."""
+    if not isinstance(text, str):
+        return None
+    obj = parse_event(text)
+    if obj is None or obj["event"] != EVENT_FINISHED:
+        return None
+    return finished_result(obj)
 
 
 def parse_trainer_log(text: str | None) -> TrainerReport:
@@ -102,11 +117,11 @@ def parse_trainer_log(text: str | None) -> TrainerReport:
         obj = parse_event(line)
         if obj is None:
             continue
-        if obj["event"] == EVENT_EPOCH and (fields := _epoch_fields(obj)) is not None:
+        if obj["event"] == EVENT_EPOCH and (fields := epoch_fields(obj)) is not None:
             epoch, epochs = fields[0], fields[1] or epochs
-            metrics = _clean_metrics(obj.get("metrics"))
-            run_id = _run_id(obj.get("mlflow_run_id")) or run_id
-        elif obj["event"] == EVENT_FINISHED and (result := _finished_result(obj)) is not None:
+            metrics = clean_metrics(obj.get("metrics"))
+            run_id = clean_run_id(obj.get("mlflow_run_id")) or run_id
+        elif obj["event"] == EVENT_FINISHED and (result := finished_result(obj)) is not None:
             finished = result
             run_id = run_id or result.get("mlflowRunId")
     if epoch is not None and epochs is not None and epoch > epochs:
