@@ -1,5 +1,7 @@
 """The operator as a local process with the chart's settings: the env of manifests/dmlt.yaml's
-operator Deployment, with ports of its own and a kubeconfig of the chart's ServiceAccount user."""
+operator Deployment, with ports of its own and a kubeconfig of the chart's ServiceAccount user,
+and the progress receiver on, as `helm install` has it (the rendered manifest has it off: no
+generated certificate there), with a CA and serving certificate of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from tests.helpers.control_plane import ControlPlane, free_port, wait_until
+from tests.helpers.tls import make_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_MANIFEST = ROOT / "manifests" / "dmlt.yaml"
@@ -26,12 +29,24 @@ def chart_operator_env(manifest_text: str, deployment: str = "dmlt-operator") ->
     raise ValueError(f"no Deployment {deployment} in the manifest")
 
 
+def progress_receiver_env(work: Path) -> dict[str, str]:
+    """What `helm install` adds to the operator's env for the progress receiver."""
+    tls = make_tls(work / "progress-tls", hosts=("localhost",))
+    port = free_port()
+    return {
+        "DMLT_PROGRESS_SERVICE_URL": f"https://localhost:{port}",
+        "DMLT_PROGRESS_PORT": str(port),
+        "DMLT_PROGRESS_TLS_DIR": str(tls.dir),
+    }
+
+
 def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, str]) -> int:
     """Start `dmlt-operator` (as the chart's container runs it) and wait for its /healthz; its pid."""
     health = free_port()
     env = {
         **base_env,
         **chart_operator_env(CHART_MANIFEST.read_text()),
+        **progress_receiver_env(plane.work),
         "KUBECONFIG": str(kubeconfig),
         "DMLT_HEALTH_PORT": str(health),
         "DMLT_METRICS_PORT": str(free_port()),
