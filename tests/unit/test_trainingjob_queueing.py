@@ -99,7 +99,9 @@ def test_workload_admits_the_whole_gang():
     assert "minCount" not in ps  # all or nothing
     (container,) = ps["template"]["spec"]["containers"]
     assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
-    assert "priorityClassRef" not in wl["spec"] and "priority" not in wl["spec"]
+    assert "priorityClassRef" not in wl["spec"]
+    # always a priority: without one Kueue v0.17's visibility API panics (kueue#14399)
+    assert wl["spec"]["priority"] == 0
 
 
 def test_workload_is_owned_by_the_job_and_names_its_uid():
@@ -526,6 +528,15 @@ def test_queue_status_for_each_state():
     }
     evicted = ad.queue_status(ad.parse_workload(evicted_workload()), "team-a")
     assert evicted["state"] == "Evicted" and evicted["reason"] == "Preempted"
+    assert evicted["message"].startswith("Preempted to accommodate")
+    released = evicted_workload()
+    released["status"]["conditions"] = [
+        cond("QuotaReserved", "False", "Pending", PREEMPTION_MESSAGE),
+        cond("Evicted", "True", "Preempted", PREEMPTION_MESSAGE),
+    ]
+    requeued = ad.queue_status(ad.parse_workload(released), "team-a", ad.QueuePosition(0, 0))
+    assert requeued["state"] == "Queued" and requeued["lastEviction"] == "Preempted"
+    assert requeued["position"] == 1 and "clusterQueue" not in requeued
 
 
 def test_eviction_events():

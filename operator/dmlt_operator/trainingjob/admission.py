@@ -389,12 +389,14 @@ def queue_status(
     out["workload"] = view.name
     if view.cluster_queue:
         out["clusterQueue"] = view.cluster_queue
-    if view.admitted and view.eviction is None:
+    if view.eviction is not None and view.quota_reserved:
+        # evicted, the gang stopping: the quota goes back once its Pods are gone
+        return {**out, "state": "Evicted", "reason": view.eviction.reason, "message": view.eviction.message}
+    if view.admitted:
         return {**out, "state": "Admitted"}
+    out["state"] = "Queued"
     if view.eviction is not None:
-        out.update(state="Evicted", reason=view.eviction.reason)
-    else:
-        out["state"] = "Queued"
+        out["lastEviction"] = view.eviction.reason  # queued again after it
     if position is not None:
         out["position"] = position.in_local_queue + 1
     if view.waiting_checks:

@@ -46,6 +46,9 @@ PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 """The owning job's uid on its Workload: Kueue quotes it in a preemption message ("JobUID")."""
 
+DEFAULT_PRIORITY = 0
+"""A Workload's priority when it names no class (Kueue's constants.DefaultPriority)."""
+
 POD_SET = "trainer"
 """The one podSet: every rank Pod is alike for Kueue (the same resources, selector, tolerations)."""
 
@@ -154,10 +157,16 @@ def build_workload(
 ) -> dict[str, Any]:
     """The Workload that asks Kueue to admit `job`'s gang to LocalQueue `queue`."""
     labels = {**job_labels(job.name), JOB_UID_LABEL: job.uid}
-    workload_spec: dict[str, Any] = {"queueName": queue, "podSets": pod_sets(spec)}
+    # spec.priority always: Kueue's scheduler reads a missing one as 0, but v0.17's visibility
+    # server dereferences it, so one pending Workload without it makes every pendingworkloads
+    # request of its ClusterQueue panic (kubernetes-sigs/kueue#14399, fixed after v0.17.0).
+    workload_spec: dict[str, Any] = {
+        "queueName": queue,
+        "podSets": pod_sets(spec),
+        "priority": priority.value if priority is not None else DEFAULT_PRIORITY,
+    }
     if priority is not None:
         workload_spec["priorityClassRef"] = priority.ref()
-        workload_spec["priority"] = priority.value
     return {
         "apiVersion": WORKLOAD_API_VERSION,
         "kind": WORKLOAD_KIND,

@@ -1,0 +1,250 @@
+"""The Workloads the operator will create for queued TrainingJobs, sent to the real Kueue
+(`DMLT_KUEUE=1 hack/cluster.sh up`), with the status patches the operator will write, and Kueue's
+answers read by trainingjob/admission.py. No operator runs here: the test plays its part.
+
+- Kueue's webhooks and CRD schema accept the built Workload (a server-side dry run, then for
+  real), owned by a real TrainingJob;
+- a 1-CPU gang (replicas 1) is admitted to a 1-CPU ClusterQueue; its placement comes from the
+  ResourceFlavor's node labels and tolerations;
+- a 2-rank gang of 1 CPU each is never admitted in part;
+- a high-priority Workload preempts the admitted one: Evicted/Preempted, naming the preemptor;
+  the operator's release_quota_status hands the quota back, the high one is admitted, the low
+  one waits (its position from the visibility API), and is admitted again after
+  finished_status frees the quota.
+
+Skipped, saying so, where Kueue is not installed (the default `hack/cluster.sh up`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dmlt_operator.core.conditions import now_utc
+from dmlt_operator.trainingjob import admission as ad
+from dmlt_operator.trainingjob import queueing as q
+from dmlt_operator.trainingjob.build import JobRef
+from dmlt_operator.trainingjob.spec import parse_spec
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.helpers.kube import apply_crd, raw_get
+from tests.helpers.names import CRD_FILE, GROUP, PLURAL, VERSION
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+ADMIT_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def kueue(api_client: client.ApiClient) -> client.CustomObjectsApi:
+    try:
+        raw_get(api_client, f"/apis/{q.KUEUE_GROUP}/{q.KUEUE_VERSION}")
+    except ApiException as exc:
+        if exc.status == 404:
+            pytest.skip(
+                "Kueue is not installed on this cluster (start it with `DMLT_KUEUE=1 hack/cluster.sh up`)"
+            )
+        raise
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture(scope="module")
+def queues(
+    kueue: client.CustomObjectsApi, api_client: client.ApiClient, namespace: str
+) -> Iterator[dict[str, str]]:
+    """A ResourceFlavor with a node label and a toleration, a ClusterQueue with 1 CPU that
+    preempts lower priorities (and 1 GiB: a ClusterQueue must cover every resource a Workload
+    requests, else Kueue answers "resource memory unavailable in ClusterQueue"), a LocalQueue in the test namespace, two WorkloadPriorityClasses."""
+    apply_crd(api_client, CRD_FILE)  # the Workloads' owner, a TrainingJob, must exist
+    tag = uuid.uuid4().hex[:6]
+    names = {
+        "flavor": f"e2e-{tag}",
+        "cq": f"e2e-{tag}",
+        "lq": "team",
+        "low": f"e2e-low-{tag}",
+        "high": f"e2e-high-{tag}",
+    }
+    g, v = q.KUEUE_GROUP, q.KUEUE_VERSION
+    cluster_objects = [
+        ("resourceflavors", {
+            "metadata": {"name": names["flavor"]},
+            "spec": {
+                "nodeLabels": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "dmlt.io/e2e", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        }),
+        ("clusterqueues", {
+            "metadata": {"name": names["cq"]},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "preemption": {"withinClusterQueue": "LowerPriority"},
+                "resourceGroups": [{
+                    # every resource a Workload requests must be covered, memory too
+                    "coveredResources": ["cpu", "memory"],
+                    "flavors": [{"name": names["flavor"], "resources": [
+                        {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "1Gi"}]}],
+                }],
+            },
+        }),
+        ("workloadpriorityclasses", {"metadata": {"name": names["low"]}, "value": 10}),
+        ("workloadpriorityclasses", {"metadata": {"name": names["high"]}, "value": 1000}),
+    ]  # fmt: skip
+    for plural, body in cluster_objects:
+        kind = {"resourceflavors": "ResourceFlavor", "clusterqueues": "ClusterQueue"}.get(
+            plural, "WorkloadPriorityClass"
+        )
+        kueue.create_cluster_custom_object(g, v, plural, {"apiVersion": f"{g}/{v}", "kind": kind, **body})
+    kueue.create_namespaced_custom_object(
+        g, v, namespace, "localqueues",
+        {"apiVersion": f"{g}/{v}", "kind": "LocalQueue", "metadata": {"name": names["lq"]},
+         "spec": {"clusterQueue": names["cq"]}},
+    )  # fmt: skip
+    yield names
+    for plural, body in reversed(cluster_objects):
+        try:
+            kueue.delete_cluster_custom_object(g, v, plural, body["metadata"]["name"])
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def training_job(name: str, namespace: str, replicas: int = 1) -> dict[str, Any]:
+    """A TrainingJob that names the queue and stays suspended: should an operator run on this
+    cluster, it starts nothing for it; here only its identity (uid, spec) matters."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": namespace, "labels": {q.QUEUE_LABEL: "team"}},
+        "spec": {
+            "image": "dmlt-trainer:dev",
+            "replicas": replicas,
+            "resources": {"requests": {"cpu": "1", "memory": "64Mi"}, "limits": {"cpu": "1"}},
+            "runPolicy": {"suspend": True},
+        },
+    }
+
+
+def create_workload(kueue: client.CustomObjectsApi, namespace: str, name: str, replicas: int = 1,
+                    priority: q.Priority | None = None) -> dict[str, Any]:  # fmt: skip
+    tj = kueue.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, training_job(name, namespace, replicas)
+    )
+    spec = parse_spec(tj["spec"])
+    queue = q.queue_name(tj["metadata"], spec)
+    assert queue == "team"
+    wl = q.build_workload(JobRef.from_body(tj), spec, queue, priority)
+    g, v = q.KUEUE_GROUP, q.KUEUE_VERSION
+    dry = kueue.create_namespaced_custom_object(g, v, namespace, q.WORKLOAD_PLURAL, wl, dry_run="All")
+    assert dry["spec"]["podSets"][0]["count"] == replicas
+    return kueue.create_namespaced_custom_object(g, v, namespace, q.WORKLOAD_PLURAL, wl)
+
+
+def read(kueue: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    return kueue.get_namespaced_custom_object(
+        q.KUEUE_GROUP, q.KUEUE_VERSION, namespace, q.WORKLOAD_PLURAL, name
+    )
+
+
+def view_when(kueue, namespace: str, name: str, check, what: str) -> ad.WorkloadView:
+    def probe() -> ad.WorkloadView | None:
+        view = ad.parse_workload(read(kueue, namespace, name))
+        return view if check(view) else None
+
+    def diag() -> str:
+        return json.dumps((read(kueue, namespace, name).get("status") or {}), indent=1)[:4000]
+
+    return wait_for(probe, ADMIT_TIMEOUT, f"Workload {name} {what}", interval=0.5, diag=diag)
+
+
+def patch_status(kueue, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    kueue.patch_namespaced_custom_object_status(
+        q.KUEUE_GROUP, q.KUEUE_VERSION, namespace, q.WORKLOAD_PLURAL, name, patch
+    )
+
+
+@pytest.mark.timeout(600)
+def test_kueue_admits_preempts_and_readmits_the_operators_workloads(kueue, queues, namespace, api_client):
+    g, v = q.KUEUE_GROUP, q.KUEUE_VERSION
+    low_prio = q.Priority.from_object(
+        kueue.get_cluster_custom_object(g, v, "workloadpriorityclasses", queues["low"])
+    )
+    high_prio = q.Priority.from_object(
+        kueue.get_cluster_custom_object(g, v, "workloadpriorityclasses", queues["high"])
+    )
+    assert (low_prio.value, high_prio.value) == (10, 1000)
+
+    # a 1-CPU gang is admitted; its placement is the flavor's
+    t0 = time.monotonic()
+    low = create_workload(kueue, namespace, "low", priority=low_prio)["metadata"]["name"]
+    view = view_when(kueue, namespace, low, lambda w: w.admitted, "admitted")
+    admit_s = time.monotonic() - t0
+    assert view.cluster_queue == queues["cq"] and view.flavors == {"cpu": queues["flavor"], "memory": queues["flavor"]}
+    assert ad.next_step(view, pods_exist=False) is ad.Step.RUN
+    flavors = {n: kueue.get_cluster_custom_object(g, v, "resourceflavors", n) for n in ad.flavor_names(view)}
+    where = ad.placement(view, flavors)
+    assert where.node_selector == {"kubernetes.io/os": "linux"}
+    assert where.tolerations == [{"key": "dmlt.io/e2e", "operator": "Exists", "effect": "NoSchedule"}]
+
+    # a 2-rank gang of 1 CPU each never fits 1 CPU: not admitted, not in part either
+    gang = create_workload(kueue, namespace, "gang", replicas=2)["metadata"]["name"]
+    gang_view = view_when(kueue, namespace, gang, lambda w: w.pending_message, "to say why it waits")
+    assert not gang_view.quota_reserved and not gang_view.admitted
+    assert "cpu" in gang_view.pending_message
+    print("gang:", ad.queued_message(gang_view))
+
+    # a high-priority Workload preempts the low one, which names it
+    high_wl = create_workload(kueue, namespace, "high", priority=high_prio)
+    high = high_wl["metadata"]["name"]
+    t1 = time.monotonic()
+    view = view_when(kueue, namespace, low, lambda w: w.eviction is not None, "evicted")
+    evict_s = time.monotonic() - t1
+    assert view.eviction is not None and view.eviction.preempted
+    assert view.eviction.preemptor_uid == high_wl["metadata"]["uid"]
+    assert view.eviction.preemptor_job_uid == high_wl["metadata"]["labels"][q.JOB_UID_LABEL]
+    listed = kueue.list_namespaced_custom_object(g, v, namespace, q.WORKLOAD_PLURAL)["items"]
+    who = ad.preemptor_name(view.eviction, listed)
+    assert who == f"{namespace}/{high}"
+    print("event:", ad.eviction_event(view.eviction, who))
+    # Kueue waits for the job to stop: the quota stays reserved until the operator releases it
+    assert view.quota_reserved and ad.next_step(view, pods_exist=True) is ad.Step.SUSPEND
+    assert ad.next_step(view, pods_exist=False) is ad.Step.RELEASE
+    assert not ad.parse_workload(read(kueue, namespace, high)).admitted
+
+    patch_status(kueue, namespace, low, q.release_quota_status(read(kueue, namespace, low), now_utc()))
+    t2 = time.monotonic()
+    view_when(kueue, namespace, high, lambda w: w.admitted, "admitted after the release")
+    release_to_admit_s = time.monotonic() - t2
+    view = ad.parse_workload(read(kueue, namespace, low))
+    assert not view.quota_reserved and ad.next_step(view, pods_exist=False) is ad.Step.WAIT
+
+    # the low one waits, and the visibility API says where
+    def position() -> ad.QueuePosition | None:
+        summary = json.loads(raw_get(api_client, ad.pending_workloads_path(namespace, "team")))
+        return ad.parse_position(summary, low)
+
+    pos = wait_for(position, ADMIT_TIMEOUT, f"{low} in the LocalQueue's pending workloads")
+    status = ad.queue_status(ad.parse_workload(read(kueue, namespace, low)), "team", pos)
+    assert status["state"] == "Queued" and status["position"] >= 1
+    print("queued:", status["message"])
+
+    # the high one ends: Finished frees the quota and the low one is admitted again, its
+    # eviction cleared
+    patch_status(
+        kueue, namespace, high, q.finished_status(read(kueue, namespace, high), True, "done", now_utc())
+    )
+    view = view_when(kueue, namespace, low, lambda w: w.admitted, "admitted again")
+    assert view.eviction is None and ad.next_step(view, pods_exist=False) is ad.Step.RUN
+    patch_status(
+        kueue, namespace, low, q.finished_status(read(kueue, namespace, low), True, "done", now_utc())
+    )
+    assert ad.parse_workload(read(kueue, namespace, low)).finished
+    print(
+        f"timings: admitted {admit_s:.1f}s after create; evicted {evict_s:.1f}s after the preemptor's "
+        f"create; preemptor admitted {release_to_admit_s:.1f}s after the release"
+    )
