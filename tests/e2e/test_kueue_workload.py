@@ -60,7 +60,8 @@ def queues(
 ) -> Iterator[dict[str, str]]:
     """A ResourceFlavor with a node label and a toleration, a ClusterQueue with 1 CPU that
     preempts lower priorities (and 1 GiB: a ClusterQueue must cover every resource a Workload
-    requests, else Kueue answers "resource memory unavailable in ClusterQueue"), a LocalQueue in the test namespace, two WorkloadPriorityClasses."""
+    requests, else Kueue answers "resource memory unavailable in ClusterQueue"), a LocalQueue in
+    the test namespace, two WorkloadPriorityClasses."""
     apply_crd(api_client, CRD_FILE)  # the Workloads' owner, a TrainingJob, must exist
     tag = uuid.uuid4().hex[:6]
     names = {
@@ -159,7 +160,7 @@ def view_when(kueue, namespace: str, name: str, check, what: str) -> ad.Workload
     def diag() -> str:
         return json.dumps((read(kueue, namespace, name).get("status") or {}), indent=1)[:4000]
 
-    return wait_for(probe, ADMIT_TIMEOUT, f"Workload {name} {what}", interval=0.5, diag=diag)
+    return wait_for(probe, ADMIT_TIMEOUT, f"Workload {name} {what}", interval=0.2, diag=diag)
 
 
 def patch_status(kueue, namespace: str, name: str, patch: dict[str, Any]) -> None:
@@ -168,15 +169,71 @@ def patch_status(kueue, namespace: str, name: str, patch: dict[str, Any]) -> Non
     )
 
 
+def priority(kueue, name: str) -> q.Priority:
+    return q.Priority.from_object(
+        kueue.get_cluster_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, "workloadpriorityclasses", name)
+    )
+
+
+def check_placement(kueue, view: ad.WorkloadView, queues: dict[str, str]) -> None:
+    """The admission names the ClusterQueue's flavor; the Pods get its node labels and tolerations."""
+    assert view.cluster_queue == queues["cq"]
+    assert view.flavors == {"cpu": queues["flavor"], "memory": queues["flavor"]}
+    flavors = {
+        n: kueue.get_cluster_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, "resourceflavors", n)
+        for n in ad.flavor_names(view)
+    }
+    where = ad.placement(view, flavors)
+    assert where.node_selector == {"kubernetes.io/os": "linux"}
+    assert where.tolerations == [{"key": "dmlt.io/e2e", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def check_gang_waits(kueue, namespace: str) -> None:
+    """A 2-rank gang of 1 CPU each never fits 1 CPU: not admitted, not in part either."""
+    gang = create_workload(kueue, namespace, "gang", replicas=2)["metadata"]["name"]
+    view = view_when(kueue, namespace, gang, lambda w: w.pending_message, "to say why it waits")
+    assert not view.quota_reserved and not view.admitted
+    assert "cpu" in view.pending_message
+    print("gang:", ad.queued_message(view))
+
+
+def check_preempted_by(kueue, namespace: str, view: ad.WorkloadView, preemptor: dict[str, Any]) -> None:
+    """The eviction names the preemptor; Kueue keeps the quota reserved until the job stops."""
+    ev = view.eviction
+    assert ev is not None and ev.preempted
+    assert ev.preemptor_uid == preemptor["metadata"]["uid"]
+    assert ev.preemptor_job_uid == preemptor["metadata"]["labels"][q.JOB_UID_LABEL]
+    listed = kueue.list_namespaced_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, namespace, q.WORKLOAD_PLURAL)
+    who = ad.preemptor_name(ev, listed["items"])
+    assert who == f"{namespace}/{preemptor['metadata']['name']}"
+    print("event:", ad.eviction_event(ev, who))
+    assert view.quota_reserved and ad.next_step(view, pods_exist=True) is ad.Step.SUSPEND
+    assert ad.next_step(view, pods_exist=False) is ad.Step.RELEASE
+
+
+def check_position(kueue, api_client, namespace: str, name: str) -> None:
+    """A queued Workload's place, from the visibility API, in the job's queue status."""
+
+    def position() -> ad.QueuePosition | None:
+        summary = json.loads(raw_get(api_client, ad.pending_workloads_path(namespace, "team")))
+        return ad.parse_position(summary, name)
+
+    pos = wait_for(position, ADMIT_TIMEOUT, f"{name} in the LocalQueue's pending workloads")
+    status = ad.queue_status(ad.parse_workload(read(kueue, namespace, name)), "team", pos)
+    assert status["state"] == "Queued" and status["position"] >= 1
+    assert status["lastEviction"] == "Preempted"
+    print("queued:", status["message"])
+
+
+def finish(kueue, namespace: str, name: str) -> None:
+    patch_status(
+        kueue, namespace, name, q.finished_status(read(kueue, namespace, name), True, "done", now_utc())
+    )
+
+
 @pytest.mark.timeout(600)
 def test_kueue_admits_preempts_and_readmits_the_operators_workloads(kueue, queues, namespace, api_client):
-    g, v = q.KUEUE_GROUP, q.KUEUE_VERSION
-    low_prio = q.Priority.from_object(
-        kueue.get_cluster_custom_object(g, v, "workloadpriorityclasses", queues["low"])
-    )
-    high_prio = q.Priority.from_object(
-        kueue.get_cluster_custom_object(g, v, "workloadpriorityclasses", queues["high"])
-    )
+    low_prio, high_prio = priority(kueue, queues["low"]), priority(kueue, queues["high"])
     assert (low_prio.value, high_prio.value) == (10, 1000)
 
     # a 1-CPU gang is admitted; its placement is the flavor's
@@ -184,65 +241,33 @@ def test_kueue_admits_preempts_and_readmits_the_operators_workloads(kueue, queue
     low = create_workload(kueue, namespace, "low", priority=low_prio)["metadata"]["name"]
     view = view_when(kueue, namespace, low, lambda w: w.admitted, "admitted")
     admit_s = time.monotonic() - t0
-    assert view.cluster_queue == queues["cq"] and view.flavors == {"cpu": queues["flavor"], "memory": queues["flavor"]}
     assert ad.next_step(view, pods_exist=False) is ad.Step.RUN
-    flavors = {n: kueue.get_cluster_custom_object(g, v, "resourceflavors", n) for n in ad.flavor_names(view)}
-    where = ad.placement(view, flavors)
-    assert where.node_selector == {"kubernetes.io/os": "linux"}
-    assert where.tolerations == [{"key": "dmlt.io/e2e", "operator": "Exists", "effect": "NoSchedule"}]
-
-    # a 2-rank gang of 1 CPU each never fits 1 CPU: not admitted, not in part either
-    gang = create_workload(kueue, namespace, "gang", replicas=2)["metadata"]["name"]
-    gang_view = view_when(kueue, namespace, gang, lambda w: w.pending_message, "to say why it waits")
-    assert not gang_view.quota_reserved and not gang_view.admitted
-    assert "cpu" in gang_view.pending_message
-    print("gang:", ad.queued_message(gang_view))
+    check_placement(kueue, view, queues)
+    check_gang_waits(kueue, namespace)
 
     # a high-priority Workload preempts the low one, which names it
+    t1 = time.monotonic()
     high_wl = create_workload(kueue, namespace, "high", priority=high_prio)
     high = high_wl["metadata"]["name"]
-    t1 = time.monotonic()
     view = view_when(kueue, namespace, low, lambda w: w.eviction is not None, "evicted")
     evict_s = time.monotonic() - t1
-    assert view.eviction is not None and view.eviction.preempted
-    assert view.eviction.preemptor_uid == high_wl["metadata"]["uid"]
-    assert view.eviction.preemptor_job_uid == high_wl["metadata"]["labels"][q.JOB_UID_LABEL]
-    listed = kueue.list_namespaced_custom_object(g, v, namespace, q.WORKLOAD_PLURAL)["items"]
-    who = ad.preemptor_name(view.eviction, listed)
-    assert who == f"{namespace}/{high}"
-    print("event:", ad.eviction_event(view.eviction, who))
-    # Kueue waits for the job to stop: the quota stays reserved until the operator releases it
-    assert view.quota_reserved and ad.next_step(view, pods_exist=True) is ad.Step.SUSPEND
-    assert ad.next_step(view, pods_exist=False) is ad.Step.RELEASE
+    check_preempted_by(kueue, namespace, view, high_wl)
     assert not ad.parse_workload(read(kueue, namespace, high)).admitted
 
+    # the operator (its Pods gone) releases the quota: the high one is admitted, the low one waits
     patch_status(kueue, namespace, low, q.release_quota_status(read(kueue, namespace, low), now_utc()))
     t2 = time.monotonic()
     view_when(kueue, namespace, high, lambda w: w.admitted, "admitted after the release")
     release_to_admit_s = time.monotonic() - t2
     view = ad.parse_workload(read(kueue, namespace, low))
     assert not view.quota_reserved and ad.next_step(view, pods_exist=False) is ad.Step.WAIT
+    check_position(kueue, api_client, namespace, low)
 
-    # the low one waits, and the visibility API says where
-    def position() -> ad.QueuePosition | None:
-        summary = json.loads(raw_get(api_client, ad.pending_workloads_path(namespace, "team")))
-        return ad.parse_position(summary, low)
-
-    pos = wait_for(position, ADMIT_TIMEOUT, f"{low} in the LocalQueue's pending workloads")
-    status = ad.queue_status(ad.parse_workload(read(kueue, namespace, low)), "team", pos)
-    assert status["state"] == "Queued" and status["position"] >= 1
-    print("queued:", status["message"])
-
-    # the high one ends: Finished frees the quota and the low one is admitted again, its
-    # eviction cleared
-    patch_status(
-        kueue, namespace, high, q.finished_status(read(kueue, namespace, high), True, "done", now_utc())
-    )
+    # the high one ends: Finished frees the quota, the low one is admitted again, its eviction cleared
+    finish(kueue, namespace, high)
     view = view_when(kueue, namespace, low, lambda w: w.admitted, "admitted again")
     assert view.eviction is None and ad.next_step(view, pods_exist=False) is ad.Step.RUN
-    patch_status(
-        kueue, namespace, low, q.finished_status(read(kueue, namespace, low), True, "done", now_utc())
-    )
+    finish(kueue, namespace, low)
     assert ad.parse_workload(read(kueue, namespace, low)).finished
     print(
         f"timings: admitted {admit_s:.1f}s after create; evicted {evict_s:.1f}s after the preemptor's "
