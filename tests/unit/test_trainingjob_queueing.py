@@ -415,8 +415,7 @@ def test_position_from_the_visibility_api():
     assert ad.parse_position({}, "x") is None
     path = ad.pending_workloads_path("team-a", "lq")
     assert path == (
-        "/apis/visibility.kueue.x-k8s.io/v1beta2/namespaces/team-a/localqueues/lq/pendingworkloads"
-        "?limit=1000"
+        "/apis/visibility.kueue.x-k8s.io/v1beta2/namespaces/team-a/localqueues/lq/pendingworkloads?limit=1000"
     )
     msg = ad.queued_message(ad.parse_workload(pending_workload()), pos)
     assert msg.startswith("queued in LocalQueue team-a at position 2: couldn't assign flavors")
@@ -557,3 +556,25 @@ def test_eviction_events():
     assert ad.eviction_event(stopped) == (
         "Evicted (ClusterQueueStopped): The ClusterQueue is stopped; Pods deleted, checkpoint kept"
     )
+
+
+def test_queue_status_fits_the_crd():
+    """status.queue as queue_status writes it is in the CRD's status schema (else pruned)."""
+    from pathlib import Path
+
+    import yaml
+
+    from tests.helpers.crd_schema import assert_fits
+
+    crd = Path(__file__).resolve().parents[2] / "helm" / "dmlt" / "crds" / "trainingjobs.dmlt.io.yaml"
+    (version,) = yaml.safe_load(crd.read_text())["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["queue"]
+    wl = admitted_workload()
+    wl["status"]["conditions"] = [cond("QuotaReserved", "True", "QuotaReserved")]
+    wl["status"]["admissionChecks"] = [{"name": "prov", "state": "Pending"}]
+    released = evicted_workload()
+    released["status"]["conditions"] = [cond("Evicted", "True", "Preempted", PREEMPTION_MESSAGE)]
+    for workload in (None, pending_workload(), admitted_workload(), evicted_workload(), released, wl):
+        view = ad.parse_workload(workload) if workload is not None else None
+        status = ad.queue_status(view, "team-a", ad.QueuePosition(1, 2))
+        assert_fits(status, schema, ".status.queue")
