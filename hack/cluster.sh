@@ -15,7 +15,7 @@
 #
 # DMLT_KUEUE=1 hack/cluster.sh up also builds (cached) and installs Kueue (KUEUE_VERSION in
 # hack/cluster/versions.env; namespace kueue-system, integration batch/Job) and waits for its
-# webhook; without it Kueue is not installed. Check it: hack/cluster/kueue.sh smoke.
+# webhook and visibility API; without it Kueue is not installed. Check it: hack/cluster/kueue.sh smoke.
 #
 # Needs root, Debian 12 (apt reachable), Go >= 1.24 in /usr/local/go, and the Go module proxy.
 # Builds are cached by version under ${DMLT_CACHE_DIR:-/var/cache/dmlt}; cluster state lives in
