@@ -578,3 +578,38 @@ def test_queue_status_fits_the_crd():
         view = ad.parse_workload(workload) if workload is not None else None
         status = ad.queue_status(view, "team-a", ad.QueuePosition(1, 2))
         assert_fits(status, schema, ".status.queue")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"replicas": 3},
+        {
+            "replicas": 2,
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        },
+        {
+            "backend": "nccl",
+            "resources": {"limits": {"nvidia.com/gpu": 1, "cpu": "4"}},
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    ],
+)
+def test_workload_template_asks_what_the_rank_pods_ask(fields):
+    """Kueue charges the quota from the podSet's template: it must ask what every rank Pod that
+    build.py makes asks (containers and their resources, init containers, node selector,
+    tolerations), or admission and the Pods disagree. A drift guard for build.py changes."""
+    s = spec(**fields)
+    template = q.pod_sets(s)[0]["template"]["spec"]
+    for rank in range(s.replicas):
+        pod = build_rank_pod(JOB, s, rank, 0, OperatorConfig())["spec"]
+        assert [c["name"] for c in pod["containers"]] == [c["name"] for c in template["containers"]]
+        for built, asked in zip(pod["containers"], template["containers"], strict=True):
+            res = built.get("resources") or {}
+            effective = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+            assert (asked.get("resources") or {}).get("requests", {}) == effective
+            assert (asked.get("resources") or {}).get("limits", {}) == (res.get("limits") or {})
+        assert not pod.get("initContainers") and not pod.get("overhead")
+        assert pod.get("nodeSelector", {}) == template.get("nodeSelector", {})
+        assert pod.get("tolerations", []) == template.get("tolerations", [])
