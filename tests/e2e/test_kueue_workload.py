@@ -6,7 +6,8 @@ answers read by trainingjob/admission.py. No operator runs here: the test plays 
   real), owned by a real TrainingJob;
 - a 1-CPU gang (replicas 1) is admitted to a 1-CPU ClusterQueue; its placement comes from the
   ResourceFlavor's node labels and tolerations;
-- a 2-rank gang of 1 CPU each is never admitted in part;
+- PodsReady, as the operator will report it, is accepted;
+- a 2-rank gang of 1 CPU each is never admitted in part, and deactivating it keeps it out;
 - a high-priority Workload preempts the admitted one: Evicted/Preempted, naming the preemptor;
   the operator's release_quota_status hands the quota back, the high one is admitted, the low
   one waits (its position from the visibility API), and is admitted again after
@@ -189,12 +190,26 @@ def check_placement(kueue, view: ad.WorkloadView, queues: dict[str, str]) -> Non
 
 
 def check_gang_waits(kueue, namespace: str) -> None:
-    """A 2-rank gang of 1 CPU each never fits 1 CPU: not admitted, not in part either."""
+    """A 2-rank gang of 1 CPU each never fits 1 CPU: not admitted, not in part either. Then
+    deactivated (what runPolicy.suspend on a queued job does): Kueue keeps it out of the queue."""
     gang = create_workload(kueue, namespace, "gang", replicas=2)["metadata"]["name"]
     view = view_when(kueue, namespace, gang, lambda w: w.pending_message, "to say why it waits")
     assert not view.quota_reserved and not view.admitted
     assert "cpu" in view.pending_message
     print("gang:", ad.queued_message(view))
+    kueue.patch_namespaced_custom_object(
+        q.KUEUE_GROUP, q.KUEUE_VERSION, namespace, q.WORKLOAD_PLURAL, gang, q.active_patch(False)
+    )
+    view = view_when(kueue, namespace, gang, lambda w: not w.active, "deactivated")
+    assert not view.quota_reserved and ad.next_step(view, pods_exist=False) is ad.Step.WAIT
+    assert "deactivated" in ad.queued_message(view)
+
+
+def check_pods_ready(kueue, namespace: str, name: str) -> None:
+    """PodsReady as the operator reports it once every rank is Ready (Kueue's waitForPodsReady)."""
+    patch_status(kueue, namespace, name, q.pods_ready_status(read(kueue, namespace, name), True, now_utc()))
+    conditions = read(kueue, namespace, name)["status"]["conditions"]
+    assert any(c["type"] == "PodsReady" and c["status"] == "True" for c in conditions)
 
 
 def check_preempted_by(kueue, namespace: str, view: ad.WorkloadView, preemptor: dict[str, Any]) -> None:
@@ -243,6 +258,7 @@ def test_kueue_admits_preempts_and_readmits_the_operators_workloads(kueue, queue
     admit_s = time.monotonic() - t0
     assert ad.next_step(view, pods_exist=False) is ad.Step.RUN
     check_placement(kueue, view, queues)
+    check_pods_ready(kueue, namespace, low)
     check_gang_waits(kueue, namespace)
 
     # a high-priority Workload preempts the low one, which names it
