@@ -15,7 +15,7 @@
 #
 # DMLT_KUEUE=1 hack/cluster.sh up also builds (cached) and installs Kueue (KUEUE_VERSION in
 # hack/cluster/versions.env; namespace kueue-system, integration batch/Job) and waits for its
-# webhook; without it Kueue is not installed. Check it: hack/cluster/kueue.sh smoke.
+# webhook and visibility API; without it Kueue is not installed. Check it: hack/cluster/kueue.sh smoke.
 #
 # Needs root, Debian 12 (apt reachable), Go >= 1.24 in /usr/local/go, and the Go module proxy.
 # Builds are cached by version under ${DMLT_CACHE_DIR:-/var/cache/dmlt}; cluster state lives in
@@ -219,6 +219,23 @@ setup_host_network() {
   set_sysctl net.ipv4.ip_forward 1
   set_sysctl net.bridge.bridge-nf-call-iptables 1
   set_sysctl net.bridge.bridge-nf-call-ip6tables 1
+  guard_service_cidr
+}
+
+# guard_service_cidr: a packet still addressed to a Service ClusterIP after kube-proxy's DNAT
+# (nat OUTPUT/PREROUTING run before filter) has no Service rule yet: reject it here instead of
+# letting it leave through the default route. On this machine the default gateway answers any
+# address: TLS on any IP:443 is accepted by an egress proxy ("Server: keryx", 404 for every path).
+# A host process that dials a ClusterIP in the second between a Service's creation and kube-proxy's
+# sync otherwise gets that proxy, and keeps the connection: the apiserver's aggregator pooled one
+# such HTTP/2 connection to kueue-visibility-server and got 404 on every proxied request (issue 16;
+# docs/local-cluster.md "Kueue"). Rejected, the client fails fast and dials again, through the DNAT
+# once the rules are there. The comment has "dmlt", so `down` (iptables_cleanup) removes the rules.
+guard_service_cidr() {
+  local chain rule=(-d "$SERVICE_CIDR" -m comment --comment "dmlt: no un-NATed ClusterIP traffic off the node" -j REJECT)
+  for chain in OUTPUT FORWARD; do
+    iptables -t filter -C "$chain" "${rule[@]}" 2>/dev/null || iptables -t filter -I "$chain" 1 "${rule[@]}"
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -571,11 +588,15 @@ EOF
   )" == true ]]
 }
 
+# Available, and answering through the aggregator's proxy: Available comes from the availability
+# controller's own connections, the proxied requests (kubectl, the namespace controller) use the
+# proxy's; both must reach Kueue.
 kueue_visibility_available() {
   local v
   for v in v1beta1 v1beta2; do
     [[ "$(kctl get apiservice "$v.visibility.kueue.x-k8s.io" \
       -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]] || return 1
+    kctl get --raw "/apis/visibility.kueue.x-k8s.io/$v" >/dev/null 2>&1 || return 1
   done
 }
 

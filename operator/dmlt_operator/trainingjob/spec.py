@@ -265,6 +265,8 @@ class TrainingJobSpec(SpecModel):
         list[Annotated[dict[str, Any], AfterValidator(_toleration)]], Field(max_length=64)
     ] = Field(default_factory=list)
     service_account_name: DnsSubdomain | None = None
+    queue_name: Annotated[str, StringConstraints(max_length=63, pattern=kf.DNS_LABEL)] | None = None
+    """Kueue LocalQueue that admits the gang (see trainingjob/queueing.py); or the label."""
 
     @field_validator("env")
     @classmethod
