@@ -3,7 +3,8 @@
 # Runs unit and integration tests, then the e2e tests against a Kubernetes cluster: the one
 # KUBECONFIG points at, or else the local one of hack/cluster.sh, which is brought up (cached
 # builds) in the background while the first two tiers run, and torn down again at the end, also
-# on failure. DMLT_E2E=0 leaves the e2e tier (and the cluster) out. Arguments go to pytest.
+# on failure; it runs Kueue unless DMLT_KUEUE=0. DMLT_E2E=0 leaves the e2e tier (and the cluster)
+# out. Arguments go to pytest.
 # pytest's exit 5 (nothing collected) counts as a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ up_log=""
 
 log() { printf '[test %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
+# The local cluster runs Kueue (the e2e queueing tests need it); DMLT_KUEUE=0 leaves it out.
+export DMLT_KUEUE="${DMLT_KUEUE:-1}"
 cluster_up() {  # one clean retry: a component left over from an earlier run can fail the first start
   bash hack/cluster.sh up && return 0
   echo "test: the local cluster did not come up; tearing down and trying once more" >&2

@@ -48,8 +48,10 @@ def kueue(api_client: client.ApiClient) -> client.CustomObjectsApi:
         raw_get(api_client, f"/apis/{q.KUEUE_GROUP}/{q.KUEUE_VERSION}")
     except ApiException as exc:
         if exc.status == 404:
-            pytest.skip(
-                "Kueue is not installed on this cluster (start it with `DMLT_KUEUE=1 hack/cluster.sh up`)"
+            pytest.fail(
+                "Kueue is not installed on this cluster: hack/test.sh's local cluster has it "
+                "(`DMLT_KUEUE=1 hack/cluster.sh up`); on another cluster install Kueue v0.17+",
+                pytrace=False,
             )
         raise
     return client.CustomObjectsApi(api_client)
