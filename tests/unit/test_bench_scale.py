@@ -139,7 +139,7 @@ def test_scale_jobs_are_the_example_renamed_with_an_emptydir_checkpoint():
 
 def test_operator_env_is_the_charts_deployment_env():
     env = chart_operator_env(CHART_MANIFEST.read_text())
-    assert env["DMLT_RECONCILE_INTERVAL_SECONDS"] == "5"
+    assert env["DMLT_RECONCILE_INTERVAL_SECONDS"] == "300"
     assert env["DMLT_NAMESPACES"] == ""
     assert "HOME" not in env
 
