@@ -31,6 +31,10 @@ def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, st
     health = free_port()
     env = {
         **base_env,
+        # What the chart's Deployment takes from the downward API: its namespace (the Lease's
+        # home, where the chart's Lease Role is) and the Pod's name.
+        "DMLT_LEASE_NAMESPACE": "dmlt",
+        "DMLT_POD_NAME": "dmlt-operator-bench",
         **chart_operator_env(CHART_MANIFEST.read_text()),
         "KUBECONFIG": str(kubeconfig),
         "DMLT_HEALTH_PORT": str(health),
