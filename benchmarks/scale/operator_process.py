@@ -26,8 +26,10 @@ def chart_operator_env(manifest_text: str, deployment: str = "dmlt-operator") ->
     raise ValueError(f"no Deployment {deployment} in the manifest")
 
 
-def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, str]) -> int:
-    """Start `dmlt-operator` (as the chart's container runs it) and wait for its /healthz; its pid."""
+def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, str],
+                   overrides: dict[str, str] | None = None) -> int:  # fmt: skip
+    """Start `dmlt-operator` (as the chart's container runs it, with `overrides` of its env) and
+    wait for its /healthz; its pid."""
     health = free_port()
     env = {
         **base_env,
@@ -41,6 +43,7 @@ def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, st
         "DMLT_METRICS_PORT": str(free_port()),
         "PYTHONPATH": ":".join(str(ROOT / p) for p in OPERATOR_PATHS),
         "PYTHONWARNINGS": "ignore",
+        **(overrides or {}),
     }
     proc = plane.spawn("operator", [sys.executable, "-m", "dmlt_operator.main", "--log-format", "full"],
                        env=env, cwd=ROOT)  # fmt: skip
