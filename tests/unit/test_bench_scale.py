@@ -187,3 +187,11 @@ def test_table_has_a_column_per_run_ordered_by_jobs_and_a_row_per_figure():
 def test_table_shows_how_far_a_run_got_when_it_timed_out():
     table = render_table([_entry(100, all_running_s=None, all_running_s_reached=87)])
     assert "| – (87/100 by the timeout) |" in table
+
+
+def test_operator_settings_can_be_overridden_per_run():
+    from benchmarks.bench_scale import parse_args
+
+    args = parse_args(["--jobs", "5", "--operator-env", "DMLT_API_QPS=200", "--operator-env", "A=b=c"])
+    assert args.jobs == [5] and args.operator_env == {"DMLT_API_QPS": "200", "A": "b=c"}
+    assert parse_args([]).operator_env == {}
