@@ -74,8 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for each wait (default 900)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
+    p.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of the chart's operator settings, e.g. DMLT_API_QPS=100 (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
     args.jobs = args.jobs or [20]
+    args.operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
     return args
 
 
@@ -214,7 +217,10 @@ def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dic
 
         http = KubeHttp(plane.server, ADMIN_TOKEN)
         watcher = Watcher(http, NAMESPACE).start()
-        pid = start_operator(plane, plane.kubeconfig(OPERATOR_TOKEN.token, "operator"), dict(os.environ))
+        kubeconfig = plane.kubeconfig(OPERATOR_TOKEN.token, "operator")
+        pid = start_operator(plane, kubeconfig, dict(os.environ), args.operator_env)
+        if args.operator_env:
+            entry["operator_env"] = args.operator_env
         _log(jobs, f"operator up (pid {pid}); applying all jobs")
         entry.update(_start_burst(plane, watcher.timeline, pid, job_file, jobs, args.timeout))
         _log(jobs, f"all Running after {entry['all_running_s']} s; steady window of {args.steady} s")

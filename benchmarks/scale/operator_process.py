@@ -40,11 +40,17 @@ def progress_receiver_env(work: Path) -> dict[str, str]:
     }
 
 
-def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, str]) -> int:
-    """Start `dmlt-operator` (as the chart's container runs it) and wait for its /healthz; its pid."""
+def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, str],
+                   overrides: dict[str, str] | None = None) -> int:  # fmt: skip
+    """Start `dmlt-operator` (as the chart's container runs it, with `overrides` of its env) and
+    wait for its /healthz; its pid."""
     health = free_port()
     env = {
         **base_env,
+        # What the chart's Deployment takes from the downward API: its namespace (the Lease's
+        # home, where the chart's Lease Role is) and the Pod's name.
+        "DMLT_LEASE_NAMESPACE": "dmlt",
+        "DMLT_POD_NAME": "dmlt-operator-bench",
         **chart_operator_env(CHART_MANIFEST.read_text()),
         **progress_receiver_env(plane.work),
         "KUBECONFIG": str(kubeconfig),
@@ -52,6 +58,7 @@ def start_operator(plane: ControlPlane, kubeconfig: Path, base_env: dict[str, st
         "DMLT_METRICS_PORT": str(free_port()),
         "PYTHONPATH": ":".join(str(ROOT / p) for p in OPERATOR_PATHS),
         "PYTHONWARNINGS": "ignore",
+        **(overrides or {}),
     }
     proc = plane.spawn("operator", [sys.executable, "-m", "dmlt_operator.main", "--log-format", "full"],
                        env=env, cwd=ROOT)  # fmt: skip

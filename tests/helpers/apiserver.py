@@ -63,7 +63,9 @@ class Operator:
             **os.environ,
             "KUBECONFIG": str(self.cluster["op_kubeconfig"]),
             "PYTHONWARNINGS": "ignore",
-            "DMLT_RECONCILE_INTERVAL_SECONDS": "1",
+            # The resync (the safety net) never fires in a test: watch events drive every step.
+            "DMLT_RECONCILE_INTERVAL_SECONDS": "600",
+            "DMLT_PROGRESS_POLL_SECONDS": "1",
             "DMLT_HEALTH_PORT": str(self.health),
             "DMLT_METRICS_PORT": "0",
             "DMLT_NAMESPACES": NS,
@@ -111,9 +113,9 @@ def run_operator(cluster) -> Iterator[Operator]:
 # --------------------------------------------------------------------------- helpers
 
 
-def apply_job(cluster, name: str, **spec: Any) -> None:
+def apply_job(cluster, name: str, finalizers: list[str] | None = None, **spec: Any) -> None:
     body = {"apiVersion": "dmlt.io/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": NS, "finalizers": finalizers or []},
             "spec": {"image": "dmlt-trainer:dev", "replicas": 2, **spec}}  # fmt: skip
     cluster["custom"].create_namespaced_custom_object("dmlt.io", "v1alpha1", NS, "trainingjobs", body)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dmlt_operator.core.kube import StaleRead
 from dmlt_operator.tuningstudy.mlflow_rest import MlflowError
 from kubernetes.client.exceptions import ApiException
 
@@ -19,6 +20,9 @@ class FakeJobKube:
         self.deleted: list[tuple[str, str | None]] = []
         self.events: list[tuple[str, str, str]] = []
         self.jobs_deleted: list[str] = []
+        self.status_patches: list[tuple[str, dict[str, Any], str | None]] = []
+        self.stale = False
+        """Refuse status writes as made from a stale read (409)."""
 
     def create_pod(self, pod):
         if pod["metadata"]["name"] in self.existing:
@@ -41,6 +45,16 @@ class FakeJobKube:
     def delete_trainingjob(self, namespace, name):
         self.jobs_deleted.append(name)
         return True
+
+    def patch_status(self, namespace, name, status, resource_version=None):
+        if self.stale:
+            raise StaleRead(f"TrainingJob {namespace}/{name} changed since version {resource_version}")
+        self.status_patches.append((name, dict(status), resource_version))
+        version = str(len(self.status_patches) + 1000)
+        return {
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
+            "status": status,
+        }
 
     def post_event(self, body, type_, reason, message):
         self.events.append((type_, reason, message))

@@ -125,8 +125,34 @@ def test_suspend_resume_and_ttl(cluster, operator):
     assert not pods_of(cluster, "susp")
 
 
-def test_deleting_a_job_deletes_its_pods(cluster, operator):
+def test_a_job_has_no_finalizer_and_its_children_are_the_garbage_collectors(cluster, operator):
+    """Deleting a job costs the operator nothing: it goes at once, and the garbage collector
+    (not running here) deletes its Service and Pods through their controller references."""
     apply_job(cluster, "gone")
     wait_pods(cluster, "gone", 2, attempt=0)
+    job = get_job(cluster, "gone")
+    assert not job["metadata"].get("finalizers")
+    assert not any(k.startswith("dmlt.io/") for k in job["metadata"].get("annotations") or {})
+    children = [*pods_of(cluster, "gone").values(), cluster["core"].read_namespaced_service("gone", NS)]
+    for child in children:
+        (owner,) = child.metadata.owner_references
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == (
+            "TrainingJob",
+            "gone",
+            job["metadata"]["uid"],
+            True,
+        )
     cluster["custom"].delete_namespaced_custom_object("dmlt.io", "v1alpha1", NS, "trainingjobs", "gone")
-    wait_until(lambda: job_gone(cluster, "gone") and not pods_of(cluster, "gone"), 30, "clean-up")
+    wait_until(lambda: job_gone(cluster, "gone"), 5, "the job to go at once")
+    for pod in pods_of(cluster, "gone"):  # what the garbage collector would do
+        cluster["core"].delete_namespaced_pod(pod, NS)
+
+
+def test_the_finalizer_of_an_older_operator_is_removed(cluster, operator):
+    apply_job(cluster, "legacy", finalizers=["dmlt.io/finalizer"])
+    wait_pods(cluster, "legacy", 2, attempt=0)
+    wait_until(lambda: not get_job(cluster, "legacy")["metadata"].get("finalizers"), 30, "kopf to drop it")
+    cluster["custom"].delete_namespaced_custom_object("dmlt.io", "v1alpha1", NS, "trainingjobs", "legacy")
+    wait_until(lambda: job_gone(cluster, "legacy"), 5, "the job to go at once")
+    for pod in pods_of(cluster, "legacy"):
+        cluster["core"].delete_namespaced_pod(pod, NS)

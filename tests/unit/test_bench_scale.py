@@ -139,7 +139,7 @@ def test_scale_jobs_are_the_example_renamed_with_an_emptydir_checkpoint():
 
 def test_operator_env_is_the_charts_deployment_env():
     env = chart_operator_env(CHART_MANIFEST.read_text())
-    assert env["DMLT_RECONCILE_INTERVAL_SECONDS"] == "5"
+    assert env["DMLT_RECONCILE_INTERVAL_SECONDS"] == "300"
     assert env["DMLT_NAMESPACES"] == ""
     assert "HOME" not in env
 
@@ -187,3 +187,11 @@ def test_table_has_a_column_per_run_ordered_by_jobs_and_a_row_per_figure():
 def test_table_shows_how_far_a_run_got_when_it_timed_out():
     table = render_table([_entry(100, all_running_s=None, all_running_s_reached=87)])
     assert "| – (87/100 by the timeout) |" in table
+
+
+def test_operator_settings_can_be_overridden_per_run():
+    from benchmarks.bench_scale import parse_args
+
+    args = parse_args(["--jobs", "5", "--operator-env", "DMLT_API_QPS=200", "--operator-env", "A=b=c"])
+    assert args.jobs == [5] and args.operator_env == {"DMLT_API_QPS": "200", "A": "b=c"}
+    assert parse_args([]).operator_env == {}

@@ -1,5 +1,6 @@
 """No silent failures: an exception in any step of either reconciler is reported on the object
-(status.message, a Warning Event, dmlt_reconcile_failures_total), and becomes a kopf retry."""
+(status.message, a Warning Event, dmlt_reconcile_failures_total), and becomes a retry (the work
+queue's backoff for jobs, kopf's for studies)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def failures(kind: str, step: str) -> float:
     return metrics.REGISTRY.get_sample_value("dmlt_reconcile_failures_total", labels) or 0.0
 
 
-def assert_reported(kind: str, step: str, patch: kopf.Patch, events, before: float) -> None:
+def assert_reported(kind: str, step: str, patch, events, before: float) -> None:
     message = patch["status"]["message"]
     assert message.startswith(f"Waiting (retrying): {step} failed: Injected: injected failure"), message
     assert [(t, r) for t, r, m in events if m == message] == [("Warning", "ReconcileError")]
@@ -65,12 +66,19 @@ def job_status(kube: FakeJobKube, scenario: str) -> tuple[dict, list, dict]:
     return status, [running_pod(0), running_pod(1, "Failed")], {}
 
 
-def job_tick(b, kube, pods=(), handler=job_handlers.reconcile_job) -> kopf.Patch:
-    patch = kopf.Patch()
+def job_tick(b, kube, pods=()) -> dict:
+    status: dict = {}
     memo = kopf.Memo(config=OperatorConfig(default_tracking_uri="http://m:5000"), kube=kube)
-    index = {("ns", "ddp"): list(pods)}
-    handler(b, b["spec"], b["status"], "ns", "ddp", patch, memo, index, LOG)
-    return patch
+    job_handlers.reconcile_job(b, list(pods), status, memo, LOG)
+    return {"status": status}
+
+
+def job_sync(b, kube, pods=()) -> tuple[job_handlers.Outcome, dict]:
+    """One worker run (sync_job): its outcome, and the status it wrote ({} when none)."""
+    memo = kopf.Memo(config=OperatorConfig(default_tracking_uri="http://m:5000"), kube=kube)
+    outcome = job_handlers.sync_job(b, list(pods), memo, LOG)
+    written = {k: v for _, status, _ in kube.status_patches for k, v in status.items()}
+    return outcome, ({"status": written} if written else {})
 
 
 JOB_STEPS = [
@@ -96,31 +104,23 @@ def test_any_failure_of_a_trainingjob_reconcile_is_reported(monkeypatch, target,
     monkeypatch.setattr(kube if owner == "kube" else owner, attribute, boom)
     b = body(status, **spec)
     before = failures("TrainingJob", step)
-    patch = kopf.Patch()
-    memo = kopf.Memo(config=OperatorConfig(default_tracking_uri="http://m:5000"), kube=kube)
-    with pytest.raises(kopf.TemporaryError, match="injected failure"):
-        job_handlers.reconcile(
-            memo=memo, trainer_pods={("ns", "ddp"): pods}, logger=LOG,
-            body=b, spec=b["spec"], status=b["status"], namespace="ns", name="ddp", patch=patch,
-        )  # fmt: skip
+    kube.status_patches.clear()
+    outcome, patch = job_sync(b, kube, pods)
+    assert "injected failure" in outcome.error
     assert_reported("TrainingJob", step, patch, kube.events, before)
 
 
 def test_the_same_failure_again_posts_no_second_event(monkeypatch):
     kube = FakeJobKube()
     monkeypatch.setattr(job_plan, "plan", boom)
-    memo = kopf.Memo(config=OperatorConfig(), kube=kube)
     status: dict = {}
     for _ in range(2):
-        b = body(status)
-        patch = kopf.Patch()
-        with pytest.raises(kopf.TemporaryError):
-            job_handlers.reconcile(
-                memo=memo, trainer_pods={}, logger=LOG,
-                body=b, spec=b["spec"], status=b["status"], namespace="ns", name="ddp", patch=patch,
-            )  # fmt: skip
-        status = {**status, **patch["status"]}
+        kube.status_patches.clear()
+        outcome, patch = job_sync(body(status), kube)
+        assert outcome.error is not None
+        status = {**status, **patch.get("status", {})}
     assert [r for _, r, _ in kube.events] == ["ReconcileError"]
+    assert kube.status_patches == []  # the same message again: nothing to write
 
 
 # ---- TuningStudy

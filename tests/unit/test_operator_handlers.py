@@ -1,7 +1,8 @@
-"""The kopf glue, driven with a fake API module: what one reconcile tick does end to end."""
+"""The kopf glue, driven with a fake API module: what one reconcile of a job does end to end."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -30,12 +31,15 @@ def body(status=None, **spec):
     }
 
 
+def memo_of(kube):
+    return kopf.Memo(config=OperatorConfig(default_tracking_uri="http://m:5000"), kube=kube)
+
+
 def tick(b, kube, pods=()):
-    patch = kopf.Patch()
-    memo = kopf.Memo(config=OperatorConfig(default_tracking_uri="http://m:5000"), kube=kube)
-    index = {("ns", "ddp"): list(pods)}
-    handlers.reconcile_job(b, b["spec"], b["status"], "ns", "ddp", patch, memo, index, LOG)
-    return patch
+    """One reconcile_job; its status changes as a patch ({} when none)."""
+    status: dict = {}
+    handlers.reconcile_job(b, list(pods), status, memo_of(kube), LOG)
+    return {"status": status} if status else {}
 
 
 def running_pod(rank, phase="Running"):
@@ -105,12 +109,6 @@ def test_invalid_spec_fails_the_job_once():
     assert len(kube.events) == 1
 
 
-def test_check_spec_raises_permanent_error():
-    with pytest.raises(kopf.PermanentError, match="spec.backend"):
-        handlers.check_spec(name="ddp", spec={"image": "x", "backend": "mpi"}, logger=LOG)
-    handlers.check_spec(name="ddp", spec={"image": "x"}, logger=LOG)
-
-
 def test_trainer_pods_index():
     pod_body = {
         "metadata": {
@@ -120,11 +118,14 @@ def test_trainer_pods_index():
         },
         "status": {"phase": "Pending"},
     }
-    out = handlers.trainer_pods(namespace="ns", labels=pod_body["metadata"]["labels"], body=pod_body)
+    out = asyncio.run(
+        handlers.trainer_pods(namespace="ns", labels=pod_body["metadata"]["labels"], body=pod_body)
+    )
     ((key, summary),) = out.items()
     assert key == ("ns", "ddp") and summary.rank == 1
     pod_body["metadata"]["labels"]["dmlt.io/rank"] = "oops"
-    assert handlers.trainer_pods(namespace="ns", labels=pod_body["metadata"]["labels"], body=pod_body) == {}
+    labels = pod_body["metadata"]["labels"]
+    assert asyncio.run(handlers.trainer_pods(namespace="ns", labels=labels, body=pod_body)) == {}
 
 
 class RefusingKube(FakeJobKube):
@@ -170,14 +171,116 @@ def test_unreadable_logs_do_not_stall_the_job():
     assert REGISTRY.get_sample_value("dmlt_reconcile_failures_total", labels) > before  # counted
 
 
-def test_pod_snapshot_retries_when_the_index_changes_under_it():
-    class Flaky:
-        calls = 0
+# ---- the worker's run: write status only on change, deadlines, snapshots
 
-        def get(self, key, default):
-            Flaky.calls += 1
-            if Flaky.calls < 3:
-                raise RuntimeError("dictionary changed size during iteration")
-            return [running_pod(0)]
 
-    assert [p.name for p in handlers.pods_of(Flaky(), "ns", "ddp")] == ["ddp-0"]
+def sync(b, kube, pods=(), cfg=None):
+    memo = kopf.Memo(config=cfg or OperatorConfig(default_tracking_uri="http://m:5000"), kube=kube)
+    return handlers.sync_job(b, list(pods), memo, LOG)
+
+
+def versioned(status=None, rv="41", **spec):
+    b = body(status, **spec)
+    b["metadata"]["resourceVersion"] = rv
+    return b
+
+
+def test_status_is_patched_only_when_it_changed_and_on_the_version_planned_from():
+    kube = FakeJobKube()
+    first = sync(versioned(), kube)
+    ((name, status, rv),) = kube.status_patches
+    assert (name, rv, status["phase"]) == ("ddp", "41", "Pending")
+    assert first.written["metadata"]["resourceVersion"] == "1001"
+    pods = [running_pod(0), running_pod(1)]
+    sync(versioned(status, "42"), kube, pods)
+    assert kube.status_patches[-1][1]["phase"] == "Running"
+    status = {**status, **kube.status_patches[-1][1]}
+    again = sync(versioned(status, "43"), kube, pods)
+    assert len(kube.status_patches) == 2 and again.written is None  # nothing changed: no request
+
+
+def test_a_write_refused_as_stale_is_planned_again_soon():
+    kube = FakeJobKube()
+    kube.stale = True
+    outcome = sync(versioned(), kube)
+    assert outcome.written is None and outcome.requeue_after == handlers.STALE_RETRY_S
+
+
+def test_a_running_job_is_woken_for_progress_and_its_deadline():
+    kube = FakeJobKube()
+    cfg = OperatorConfig(progress_poll_s=4)
+    first = sync(versioned(runPolicy={"activeDeadlineSeconds": 3600}), kube, cfg=cfg)
+    assert first.requeue_after == pytest.approx(3600.5, abs=5)  # no Pod runs yet: the deadline
+    status = kube.status_patches[-1][1]
+    running = sync(
+        versioned(status, runPolicy={"activeDeadlineSeconds": 3600}),
+        kube,
+        [running_pod(0), running_pod(1)],
+        cfg,
+    )
+    assert running.requeue_after == 4  # rank 0's progress
+
+
+def test_a_finished_job_wakes_at_its_ttl():
+    done = {"phase": "Succeeded", "attempt": 0, "completionTime": "2020-01-01T00:00:00Z"}
+    kube = FakeJobKube()
+    expired = sync(versioned(done, runPolicy={"ttlSecondsAfterFinished": 60}), kube)
+    assert kube.jobs_deleted == ["ddp"] and expired.requeue_after is None
+    from datetime import UTC, datetime
+
+    from dmlt_operator.trainingjob.plan import requeue_after
+    from dmlt_operator.trainingjob.spec import parse_spec
+
+    spec = parse_spec({"image": "x", "runPolicy": {"ttlSecondsAfterFinished": 60}})
+    now = datetime(2020, 1, 1, 0, 0, 10, tzinfo=UTC)
+    assert requeue_after(spec, done, now) == pytest.approx(50.5)
+    assert requeue_after(spec, {**done, "phase": "Suspended"}, now) is None
+    assert requeue_after(parse_spec({"image": "x"}), done, now) is None
+
+
+def test_a_failed_run_writes_its_message_and_reports_the_error():
+    class BrokenKube(FakeJobKube):
+        def create_pod(self, pod):
+            raise ApiException(status=500, reason="Internal")
+
+    kube = BrokenKube()
+    outcome = sync(versioned(), kube)
+    assert outcome.error.startswith("Waiting (retrying): create pods failed")
+    assert kube.status_patches[-1][1]["message"] == outcome.error
+
+
+def test_the_snapshot_prefers_our_own_newer_write_until_the_index_catches_up():
+    index_jobs = {("ns", "ddp"): [versioned(rv="41")]}
+    jq = handlers.JobQueue(None, index_jobs, {("ns", "ddp"): [running_pod(0)]}, None)
+    ours = versioned({"phase": "Pending"}, rv="42")
+    jq.written[("ns", "ddp")] = ("41", ours)
+    job, pods = jq.snapshot(("ns", "ddp"))
+    assert job is ours and [p.name for p in pods] == ["ddp-0"]
+    assert jq.own_write(("ns", "ddp"), "42") and not jq.own_write(("ns", "ddp"), "43")
+    index_jobs[("ns", "ddp")] = [versioned({"phase": "Pending"}, rv="43")]
+    job, _ = jq.snapshot(("ns", "ddp"))
+    assert job["metadata"]["resourceVersion"] == "43" and ("ns", "ddp") not in jq.written
+    index_jobs.clear()
+    assert jq.snapshot(("ns", "ddp")) is None
+
+
+def test_events_mark_the_job_but_not_for_our_own_write():
+    async def scenario():
+        from dmlt_operator.core.workqueue import WorkQueue
+
+        jq = handlers.JobQueue(WorkQueue(300), {}, {}, None)
+        jq.written[("ns", "ddp")] = ("41", versioned(rv="42"))
+        memo = kopf.Memo(job_queue=jq)
+        await handlers.job_event(namespace="ns", name="ddp", body=versioned(rv="42"), memo=memo)
+        assert len(jq.queue) == 0
+        await handlers.job_event(namespace="ns", name="ddp", body=versioned(rv="44"), memo=memo)
+        await handlers.pod_event(namespace="ns", labels={"dmlt.io/job-name": "ddp"}, memo=memo)
+        assert len(jq.queue) == 1
+        jq.queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_pod_is_retried_with_backoff():
+    outcome = sync(versioned(), RefusingKube())
+    assert outcome.refused and outcome.error is None

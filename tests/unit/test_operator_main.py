@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from dmlt_operator.core.config import OperatorConfig
+from dmlt_operator.core.objects import JOB_PLURAL
 from dmlt_operator.main import build_registry
 
 pytestmark = pytest.mark.unit
@@ -17,10 +18,22 @@ def test_the_registry_holds_every_handler_with_the_settings_intervals():
     cfg = OperatorConfig(reconcile_interval_s=7, study_reconcile_interval_s=11)
     registry = build_registry(cfg)
     activities = ids(registry._activities.get_all_handlers())
-    assert activities == ["close_storages", "configure", "configure_studies", "login_via_client"]
-    assert ids(registry._indexing.get_all_handlers()) == ["trainer_pods"]
+    assert activities == ["close_storages", "configure", "configure_studies", "login_via_client", "shutdown"]
+    assert ids(registry._indexing.get_all_handlers()) == ["trainer_pods", "trainingjobs"]
+    assert ids(registry._watching.get_all_handlers()) == ["job_event", "pod_event"]
     assert ids(registry._changing.get_all_handlers()) == [
-        "check_spec", "check_spec", "check_study_spec", "check_study_spec", "cleanup", "delete_study",
-    ]  # fmt: skip
+        "check_study_spec",
+        "check_study_spec",
+        "delete_study",
+    ]
     timers = {str(h.id): h.interval for h in registry._spawning.get_all_handlers()}
-    assert timers == {"reconcile": 7, "reconcile_study": 11}
+    assert timers == {"reconcile_study": 11}  # TrainingJobs have no timer: events wake them
+
+
+def test_nothing_asks_kopf_for_a_finalizer_on_trainingjobs():
+    """Without a timer, daemon or on.delete for jobs, kopf adds no finalizer to them and removes
+    the one an older operator added ("no handlers requiring it")."""
+    registry = build_registry(OperatorConfig())
+    for handler in registry._changing.get_all_handlers() + registry._spawning.get_all_handlers():
+        selector = getattr(handler, "selector", None)
+        assert JOB_PLURAL not in str(selector), handler.id

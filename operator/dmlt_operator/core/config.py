@@ -147,8 +147,21 @@ class OperatorConfig:
     default_tracking_uri: str = ""
     """MLflow URI for jobs that set none; the chart points it at its own server
     [DMLT_DEFAULT_TRACKING_URI]."""
-    reconcile_interval_s: float = 5.0
-    """How often each TrainingJob is reconciled [DMLT_RECONCILE_INTERVAL_SECONDS]."""
+    reconcile_interval_s: float = 300.0
+    """Safety-net resync: each TrainingJob is reconciled at least this often (jittered ±10 %)
+    even when no event arrives; events of the job and its Pods wake it at once
+    [DMLT_RECONCILE_INTERVAL_SECONDS]."""
+    progress_poll_s: float = 5.0
+    """While rank 0 runs, its log tail is read for progress this often
+    [DMLT_PROGRESS_POLL_SECONDS]."""
+    workers: int = 8
+    """Reconcile workers: how many TrainingJobs are reconciled at once; kopf's thread pool gets
+    4 more threads [DMLT_WORKERS]."""
+    api_qps: float = 50.0
+    """Client-side limit on the operator's mutating API calls per second (a token bucket, as
+    client-go's) [DMLT_API_QPS]."""
+    api_burst: int = 100
+    """Burst of that token bucket [DMLT_API_BURST]."""
     log_tail_lines: int = 200
     """Lines of rank 0's log read per reconcile for progress, only without a progress receiver
     [DMLT_LOG_TAIL_LINES]."""
@@ -194,7 +207,11 @@ class OperatorConfig:
         namespaces = tuple(n.strip() for n in raw_namespaces if n.strip())
         return cls(
             default_tracking_uri=env.get("DMLT_DEFAULT_TRACKING_URI", "").strip(),
-            reconcile_interval_s=_float(env, "DMLT_RECONCILE_INTERVAL_SECONDS", 5.0, 0.5),
+            reconcile_interval_s=_float(env, "DMLT_RECONCILE_INTERVAL_SECONDS", 300.0, 0.5),
+            progress_poll_s=_float(env, "DMLT_PROGRESS_POLL_SECONDS", 5.0, 0.5),
+            workers=_int(env, "DMLT_WORKERS", 8, 1),
+            api_qps=_float(env, "DMLT_API_QPS", 50.0, 0.1),
+            api_burst=_int(env, "DMLT_API_BURST", 100, 1),
             log_tail_lines=_int(env, "DMLT_LOG_TAIL_LINES", 200, 1),
             log_limit_bytes=_int(env, "DMLT_LOG_LIMIT_BYTES", 256 * 1024, 1024),
             gloo_socket_ifname=env.get("DMLT_GLOO_SOCKET_IFNAME", "eth0").strip(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +26,21 @@ from dmlt_operator.core.failures import (
     current_step,
 )
 from dmlt_operator.core.kube import EventSink, Kube, load_config
-from dmlt_operator.core.objects import GROUP, ObjectRef
+from dmlt_operator.core.objects import GROUP, LABEL_MANAGED_BY, MANAGED_BY, ObjectRef
+from dmlt_operator.core.ratelimit import TokenBucket
 from dmlt_operator.core.spec import SpecError
 
 FINALIZER = "dmlt.io/finalizer"
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorConfig | None = None) -> None:
     """Operator-wide kopf settings (one operator process serves both resources)."""
+    workers = (cfg or OperatorConfig()).workers
+    # The reconcile workers' planners and writes, and the studies' sync handlers, share kopf's
+    # thread pool (a bare ThreadPoolExecutor: min(32, cpu + 4) threads).
+    settings.execution.max_workers = workers + 4
+    # Server-side: only the Pods this operator made, not every Pod of the cluster.
+    settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -57,8 +64,10 @@ def start_memo(memo: kopf.Memo) -> OperatorConfig:
     if "config" not in memo:
         raise RuntimeError("no operator settings in kopf.Memo: start the operator with dmlt-operator")
     if "kube" not in memo:
-        load_config()
-        memo.kube = Kube()
+        cfg: OperatorConfig = memo.config
+        # A connection per thread that may call the API (kopf's pool), and some to spare.
+        load_config(pool_maxsize=cfg.workers + 4 + 8)
+        memo.kube = Kube(limiter=TokenBucket(cfg.api_qps, cfg.api_burst))
     if not memo.get("metrics_served"):
         metrics.serve(memo.config.metrics_port)
         memo.metrics_served = True
@@ -89,7 +98,9 @@ class Subject:
     kube: EventSink
     body: Any
     status: Mapping[str, Any]
-    patch: kopf.Patch
+    status_patch: MutableMapping[str, Any]
+    """Where the tick's status changes go: a plain dict written by the caller, or a kopf.Patch's
+    `.status`."""
 
 
 def report_failure(subject: Subject, step: str, failure: Failure) -> str:
@@ -99,8 +110,42 @@ def report_failure(subject: Subject, step: str, failure: Failure) -> str:
     message = f"Waiting (retrying): {step} failed: {failure.message}"[:MAX_MESSAGE]
     if subject.status.get("message") != message:
         subject.kube.post_event(subject.body, "Warning", failure.reason, message)
-    subject.patch.status["message"] = message
+    subject.status_patch["message"] = message
     return message
+
+
+class ReconcileFailed(Exception):
+    """A tick failed; the failure is already reported on the object (status message, Event,
+    metric). `retry_after`: when to try again, if the caller has no backoff of its own."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def run_reported(
+    tick: Callable[[], Any],
+    observed: ReconcileMetrics,
+    subject: Subject,
+    outage: tuple[type[Exception], Counter] | None = None,
+) -> Any:
+    """Run one reconcile tick, timed; its result. Any error is reported on the object (status,
+    event, metric) and raised as ReconcileFailed. An `outage` (an expected unavailability the
+    tick has already put in status) is counted under its own metric instead."""
+    started = time.monotonic()
+    at_step("start")
+    try:
+        return tick()
+    except Exception as exc:
+        observed.errors.inc()
+        step = current_step()
+        if outage is not None and isinstance(exc, outage[0]):
+            outage[1].inc()
+            metrics.RECONCILE_FAILURES.labels(kind=subject.kind, step=step, reason=type(exc).__name__).inc()
+            raise ReconcileFailed(str(exc)) from None
+        raise ReconcileFailed(report_failure(subject, step, classify(exc))) from exc
+    finally:
+        observed.seconds.observe(time.monotonic() - started)
 
 
 def reconcile_timed(
@@ -110,24 +155,11 @@ def reconcile_timed(
     subject: Subject,
     outage: tuple[type[Exception], Counter] | None = None,
 ) -> None:
-    """Run one reconcile tick, timed; any error is reported on the object (status, event,
-    metric) and becomes a kopf retry after `delay`. An `outage` (an expected unavailability the
-    tick has already put in status) is counted under its own metric instead."""
-    started = time.monotonic()
-    at_step("start")
+    """kopf's form of run_reported: the reported failure becomes a kopf retry after `delay`."""
     try:
-        tick()
-    except Exception as exc:
-        observed.errors.inc()
-        step = current_step()
-        if outage is not None and isinstance(exc, outage[0]):
-            outage[1].inc()
-            metrics.RECONCILE_FAILURES.labels(kind=subject.kind, step=step, reason=type(exc).__name__).inc()
-            raise kopf.TemporaryError(str(exc), delay=delay) from None
-        message = report_failure(subject, step, classify(exc))
-        raise kopf.TemporaryError(message, delay=delay) from exc
-    finally:
-        observed.seconds.observe(time.monotonic() - started)
+        run_reported(tick, observed, subject, outage)
+    except ReconcileFailed as exc:
+        raise kopf.TemporaryError(str(exc), delay=delay) from exc.__cause__
 
 
 @dataclass(slots=True)
@@ -185,7 +217,7 @@ def record_failure(
     reason: str,
     message: str,
     now: Any,
-    patch: kopf.Patch,
+    status_patch: MutableMapping[str, Any],
     more_conditions: tuple[tuple[str, bool, str, str], ...] = (),
 ) -> bool:
     """Fail the object for a reason no retry fixes (e.g. an invalid spec), once; False when it
@@ -197,10 +229,10 @@ def record_failure(
     )
     for type_, value, why, text in more_conditions:
         conditions = set_condition(conditions, type_, value, why, text, now, ref.generation)
-    patch.status["phase"] = FAILED
-    patch.status["message"] = message[:MAX_MESSAGE]
-    patch.status["conditions"] = conditions
-    patch.status["completionTime"] = format_time(now)
-    patch.status["observedGeneration"] = ref.generation
+    status_patch["phase"] = FAILED
+    status_patch["message"] = message[:MAX_MESSAGE]
+    status_patch["conditions"] = conditions
+    status_patch["completionTime"] = format_time(now)
+    status_patch["observedGeneration"] = ref.generation
     kube.post_event(body, "Warning", reason, message)
     return True

@@ -10,7 +10,8 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from dmlt_operator.core.leader import LeaseRecord, lease_body, lease_record
 from dmlt_operator.core.objects import GROUP, JOB_PLURAL, VERSION
+from dmlt_operator.core.ratelimit import TokenBucket, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,23 @@ REQUEST_TIMEOUT = (5, 30)
 """(connect, read) seconds for every call: a hung apiserver must not hang a reconcile."""
 
 
-def load_config() -> None:
-    """In a Pod: the ServiceAccount; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+THROTTLE_RETRIES = 3
+"""How often a write the apiserver answered 429 (Too Many Requests) is tried again, each time
+after its Retry-After, before the error goes to the caller."""
+
+
+def load_config(pool_maxsize: int | None = None) -> None:
+    """In a Pod: the ServiceAccount; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config).
+    `pool_maxsize`: connections kept per host, at least one per thread that calls the API
+    (client-python's default, cpu_count * 5, drops the rest and re-handshakes TLS)."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+    if pool_maxsize:
+        cfg = client.Configuration.get_default_copy()
+        cfg.connection_pool_maxsize = pool_maxsize
+        client.Configuration.set_default(cfg)
 
 
 class EventSink(Protocol):
@@ -49,6 +62,14 @@ class TrainingJobKube(EventSink, Protocol):
         self, namespace: str, name: str, container: str, tail_lines: int, limit_bytes: int
     ) -> str | None: ...
     def delete_trainingjob(self, namespace: str, name: str) -> bool: ...
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any] | None: ...
+
+
+class StaleRead(Exception):
+    """A status write carried the resourceVersion its plan was made from, and the object has
+    changed since (409): plan again from a fresher read."""
 
 
 class TuningStudyKube(EventSink, Protocol):
@@ -63,9 +84,31 @@ class TuningStudyKube(EventSink, Protocol):
 class Kube:
     """Thin, idempotent wrappers over the calls the operator makes (every Protocol above)."""
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, api_client: client.ApiClient | None = None, limiter: TokenBucket | None = None
+    ) -> None:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.limiter = limiter
+
+    def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One mutating call, within the client-side rate limit; a 429 pauses every writer for
+        its Retry-After and is tried again (THROTTLE_RETRIES times)."""
+        for tries_left in range(THROTTLE_RETRIES, -1, -1):
+            if self.limiter is not None:
+                self.limiter.acquire()
+            try:
+                return call(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            except ApiException as exc:
+                if exc.status != 429 or tries_left == 0:
+                    raise
+                wait = retry_after_seconds(exc.headers)
+                log.warning("The apiserver throttles the operator (429): waiting %.1fs", wait)
+                if self.limiter is not None:
+                    self.limiter.pause(wait)
+                else:
+                    time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- children
 
@@ -84,7 +127,7 @@ class Kube:
             preconditions=client.V1Preconditions(uid=uid) if uid else None,
         )
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=body, _request_timeout=REQUEST_TIMEOUT)
+            self._write(self.core.delete_namespaced_pod, name, namespace, body=body)
         except ApiException as exc:
             # 404: gone already; 409: the uid precondition failed, i.e. a newer Pod of that name.
             if exc.status in (404, 409):
@@ -121,8 +164,13 @@ class Kube:
         """Create the TrainingJob; False if one of that name already exists."""
         meta = job["metadata"]
         try:
-            self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], JOB_PLURAL, job, _request_timeout=REQUEST_TIMEOUT
+            self._write(
+                self.custom.create_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                JOB_PLURAL,
+                job,
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -162,20 +210,39 @@ class Kube:
 
     def delete_trainingjob(self, namespace: str, name: str) -> bool:
         try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                JOB_PLURAL,
-                name,
-                propagation_policy="Background",
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+            self._write(
+                self.custom.delete_namespaced_custom_object,
+                GROUP, VERSION, namespace, JOB_PLURAL, name, propagation_policy="Background",
+            )  # fmt: skip
         except ApiException as exc:
             if exc.status == 404:
                 return False
             raise
         return True
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """Merge-patch the job's /status (keys set to None are removed); the job as written, None
+        when it is gone. With `resource_version` the write applies only to that version of the
+        job, else StaleRead."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return self._write(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, JOB_PLURAL, name, body,
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 409:
+                raise StaleRead(
+                    f"TrainingJob {namespace}/{name} changed since version {resource_version}"
+                ) from None
+            raise
 
     @staticmethod
     def post_event(body: Any, type_: str, reason: str, message: str) -> None:
@@ -184,10 +251,9 @@ class Kube:
 
     # ---- helpers
 
-    @staticmethod
-    def _create(create: Any, obj: dict[str, Any]) -> bool:
+    def _create(self, create: Any, obj: dict[str, Any]) -> bool:
         try:
-            create(obj["metadata"]["namespace"], obj, _request_timeout=REQUEST_TIMEOUT)
+            self._write(create, obj["metadata"]["namespace"], obj)
         except ApiException as exc:
             if exc.status == 409:
                 return False

@@ -1,15 +1,28 @@
-"""kopf handlers of TrainingJobs: thin glue between events, the pure planner and the API module.
+"""kopf handlers of TrainingJobs: thin glue between watch events, a work queue, the pure
+planner and the API module.
 
-One timer per TrainingJob reconciles it from the job's status and an index of its Pods (the
-index watches Pods without touching them: no finalizers, no annotations). Creation, resume
-after an operator restart, failures, suspend and TTL all go through that one level-triggered
-path, so there is exactly one place that decides and no two handlers race on a job.
+Nothing here runs per job on a clock. kopf keeps two indexes (the jobs, and the Pods of each
+job; the Pod watch is filtered server-side to the Pods this operator made). Every watch event
+of a job or of one of its Pods only marks the job's key in a coalescing work queue
+(core/workqueue.py). A few workers take keys from the queue, snapshot the job and its Pods from
+the indexes on the event loop, and reconcile in kopf's thread pool: plan (a pure function),
+act (create, delete, Events), then merge-patch `/status` if, and only if, it changed. Clock
+deadlines (TTL, activeDeadlineSeconds, progress while rank 0 runs) come back as a wake-up time;
+a long jittered resync is the safety net. Jobs carry no finalizer: their Service and Pods go
+with them through owner references and the garbage collector.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import asyncio
+import contextvars
+import functools
+import logging
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import kopf
 from dmlt_operator.core import handlers as core
@@ -17,70 +30,213 @@ from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
-from dmlt_operator.core.kube import TrainingJobKube
+from dmlt_operator.core.kube import StaleRead, TrainingJobKube
 from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, VERSION, managed_labels
+from dmlt_operator.core.workqueue import GONE, Requeue, WorkQueue, start_workers, stop_workers
 from dmlt_operator.trainingjob import build as res
 from dmlt_operator.trainingjob import plan as rc
 from dmlt_operator.trainingjob.pods import PodSummary, summarize_pod
 from dmlt_operator.trainingjob.progress import TrainerReport, parse_trainer_log
-from dmlt_operator.trainingjob.spec import SpecError, check_job_name, parse_spec
+from dmlt_operator.trainingjob.spec import SpecError, TrainingJobSpec, check_job_name, parse_spec
 
 PHASE_TRACKER = metrics.PhaseTracker(metrics.JOBS, rc.PHASES)
 RECONCILE_METRICS = core.ReconcileMetrics(metrics.RECONCILE_ERRORS, metrics.RECONCILE_SECONDS)
+STALE_RETRY_S = 1.0
+"""A status write refused because the job changed since it was read: plan again this soon (the
+change's own event normally wakes the job first)."""
+
+JobKey = tuple[str, str]
+log = logging.getLogger(__name__)
 
 
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
-    """Register the TrainingJob handlers; `cfg` gives the timer its interval."""
+    """Register the TrainingJob handlers: two indexes, two wake-up hooks, the workers' start and
+    stop. No timer, no create/resume/delete handler, hence no finalizer on jobs."""
     kopf.on.startup(registry=registry)(configure)
+    kopf.on.cleanup(registry=registry)(shutdown)
     pod_labels = managed_labels(res.LABEL_JOB, kopf.PRESENT)
-    kopf.index("pods", labels=pod_labels, registry=registry)(trainer_pods)
-    kopf.on.create(GROUP, VERSION, JOB_PLURAL, registry=registry)(check_spec)
-    kopf.on.resume(GROUP, VERSION, JOB_PLURAL, registry=registry)(check_spec)
-    kopf.timer(GROUP, VERSION, JOB_PLURAL, interval=cfg.reconcile_interval_s, registry=registry)(reconcile)
-    kopf.on.delete(GROUP, VERSION, JOB_PLURAL, optional=True, registry=registry)(cleanup)
+    kopf.index("v1", "pods", labels=pod_labels, registry=registry)(trainer_pods)
+    kopf.index(GROUP, VERSION, JOB_PLURAL, registry=registry)(trainingjobs)
+    kopf.on.event("v1", "pods", labels=pod_labels, registry=registry)(pod_event)
+    kopf.on.event(GROUP, VERSION, JOB_PLURAL, registry=registry)(job_event)
 
 
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    core.configure_kopf(settings)
-    core.start_memo(memo)
-    logger.info("dmlt operator configured: %s", memo.config)
+@dataclass(slots=True)
+class JobQueue:
+    """The TrainingJob work queue and what its workers read: the indexes (live views kept by
+    kopf on the event loop), kopf's thread pool, and the status each worker wrote last."""
+
+    queue: WorkQueue[JobKey]
+    jobs: Any
+    pods: Any
+    executor: Executor | None
+    written: dict[JobKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """key → (the resourceVersion a status write was based on, the job that write returned)."""
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    workers: int = 1
+
+    def mark(self, key: JobKey, memo: kopf.Memo) -> None:
+        """Queue `key`. The first mark starts the workers: from a resource handler, so that
+        they inherit kopf's context (its Event poster), which startup handlers lack."""
+        if not self.tasks:
+            run = functools.partial(run_job, self, memo)
+            self.tasks = start_workers(self.queue, run, self.workers, "trainingjob")
+        self.queue.add(key)
+
+    def own_write(self, key: JobKey, resource_version: str | None) -> bool:
+        """Is this version of the job the one our own status write made?"""
+        written = self.written.get(key)
+        return written is not None and resource_version == _version(written[1])
+
+    def snapshot(self, key: JobKey) -> tuple[dict[str, Any], list[PodSummary]] | None:
+        """The job (None when gone) and its Pods, as of now. Called on the event loop, so the
+        indexes do not change under it. When the index still shows the version our last write
+        replaced, the job that write returned is newer: plan from that."""
+        bodies = list(self.jobs.get(key, []))
+        if not bodies:
+            self.written.pop(key, None)
+            return None
+        body = bodies[-1]
+        written = self.written.get(key)
+        if written is not None and written[0] == _version(body):
+            body = written[1]
+        elif written is not None:
+            del self.written[key]
+        return body, list(self.pods.get(key, []))
 
 
-def trainer_pods(namespace: str, labels: Any, body: Any, **_: Any) -> dict[Any, Any]:
-    """(namespace, job name) → summaries of that job's Pods."""
+def _version(body: Mapping[str, Any]) -> str | None:
+    return (body.get("metadata") or {}).get("resourceVersion")
+
+
+async def configure(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: Any,
+    trainingjobs: kopf.Index,
+    trainer_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    """Operator settings, the clients, and the TrainingJob workers."""
+    cfg = core.start_memo(memo)
+    core.configure_kopf(settings, cfg)
+    jq = JobQueue(
+        WorkQueue(cfg.reconcile_interval_s), trainingjobs, trainer_pods, settings.execution.executor
+    )
+    jq.workers = cfg.workers
+    memo.job_queue = jq
+    logger.info("dmlt operator configured: %s", cfg)
+
+
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    jq: JobQueue | None = memo.get("job_queue")
+    if jq is not None:
+        await stop_workers(jq.queue, jq.tasks)
+
+
+async def trainer_pods(namespace: str, labels: Any, body: Any, **_: Any) -> dict[Any, Any]:
+    """(namespace, job name) → summaries of that job's Pods. `async`: it runs on the event
+    loop, so a worker's snapshot never meets the index half-updated."""
     summary = summarize_pod(body)
     if summary is None:
         return {}
     return {(namespace, labels[res.LABEL_JOB]): summary}
 
 
-def pods_of(index: kopf.Index, namespace: str, name: str) -> list[PodSummary]:
-    """A snapshot of one job's Pods from the index.
-
-    Sync handlers run in threads while the event loop keeps updating the index, so copying it
-    can meet "dictionary changed size during iteration": copy again (it is small and quick).
-    """
-    for _ in range(100):
-        try:
-            return list(index.get((namespace, name), []))
-        except RuntimeError:
-            time.sleep(0.01)
-    return list(index.get((namespace, name), []))
+async def trainingjobs(namespace: str, name: str, body: Any, **_: Any) -> dict[Any, Any]:
+    """(namespace, name) → the job as last seen (a plain dict of the watch event's object)."""
+    return {(namespace, name): dict(body)}
 
 
-def check_spec(name: str, spec: Any, logger: Any, **_: Any) -> None:
-    """Reject a bad spec loudly in the operator's log; the timer records it in status."""
-    core.accept_spec(JOB_KIND, name, lambda: (check_job_name(name), parse_spec(dict(spec))), logger)
+async def job_event(namespace: str, name: str, body: Any, memo: kopf.Memo, **_: Any) -> None:
+    """Any change of a job wakes it, except the change our own status write made."""
+    jq: JobQueue | None = memo.get("job_queue")
+    key = (namespace, name)
+    if jq is not None and not jq.own_write(key, body.get("metadata", {}).get("resourceVersion")):
+        jq.mark(key, memo)
 
 
-def reconcile(memo: kopf.Memo, trainer_pods: kopf.Index, logger: Any, **kwargs: Any) -> None:
-    """The timer: one timed reconcile_job; any error is retried by kopf."""
-    job = [kwargs[key] for key in ("body", "spec", "status", "namespace", "name", "patch")]
-    core.reconcile_timed(
-        lambda: reconcile_job(*job, memo, trainer_pods, logger),
-        RECONCILE_METRICS,
-        memo.config.reconcile_interval_s,
-        core.Subject(JOB_KIND, memo.kube, kwargs["body"], dict(kwargs["status"] or {}), kwargs["patch"]),
+async def pod_event(namespace: str, labels: Any, memo: kopf.Memo, **_: Any) -> None:
+    """Any change of one of a job's Pods wakes the job."""
+    jq: JobQueue | None = memo.get("job_queue")
+    if jq is not None:
+        jq.mark((namespace, labels[res.LABEL_JOB]), memo)
+
+
+async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
+    """A worker's run for one key: snapshot on the loop, reconcile in the thread pool; when to
+    wake the key again. Raises (for a backoff) when the reconcile failed."""
+    seen = jq.snapshot(key)
+    if seen is None:
+        PHASE_TRACKER.forget(*key)
+        return GONE
+    body, pods = seen
+    context = contextvars.copy_context()  # kopf's event poster and our step marker
+    call = functools.partial(sync_job, body, pods, memo, log)
+    outcome = await asyncio.get_running_loop().run_in_executor(jq.executor, context.run, call)
+    if outcome.written is not None:
+        jq.written[key] = (_version(body) or "", outcome.written)
+    if outcome.error is not None:
+        raise core.ReconcileFailed(outcome.error)
+    if outcome.refused:
+        raise Requeue()
+    return outcome.requeue_after
+
+
+class Wake(NamedTuple):
+    """What a reconcile asks of the queue: a wake-up after `after` seconds (a clock deadline;
+    None: only the resync), and whether to retry with backoff (a child refused for now)."""
+
+    after: float | None = None
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    requeue_after: float | None = None
+    """Seconds until a clock deadline of the job (None: only the resync)."""
+    written: dict[str, Any] | None = None
+    """The job as our status write returned it, if we wrote."""
+    error: str | None = None
+    """Why the reconcile failed (reported on the job already)."""
+    refused: bool = False
+    """The apiserver refused a child for now (quota, RBAC; reported in status): try again with
+    backoff, since no event announces a raised quota."""
+
+
+def sync_job(body: dict[str, Any], pods: list[PodSummary], memo: kopf.Memo, logger: Any) -> Outcome:
+    """One reconcile of one job (in a worker thread): plan and act, then write the status if
+    it changed. A failure is reported on the job (status message, Event, metric), not raised."""
+    status_patch: dict[str, Any] = {}
+    subject = core.Subject(JOB_KIND, memo.kube, body, dict(body.get("status") or {}), status_patch)
+    try:
+        wake = core.run_reported(
+            lambda: reconcile_job(body, pods, status_patch, memo, logger), RECONCILE_METRICS, subject
+        )
+        error = None
+    except core.ReconcileFailed as exc:
+        wake, error = Wake(), str(exc)
+    try:
+        written = write_status(memo.kube, body, status_patch)
+    except StaleRead as exc:
+        logger.debug("%s: planning again", exc)
+        return Outcome(STALE_RETRY_S, None, error)
+    return Outcome(wake.after, written, error, wake.refused)
+
+
+def write_status(
+    kube: TrainingJobKube, body: Mapping[str, Any], status_patch: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Merge-patch the changed status keys, only if there are any, and only onto the version of
+    the job they were planned from; the job as written."""
+    old = body.get("status") or {}
+    changed = {key: value for key, value in status_patch.items() if old.get(key) != value}
+    if not changed:
+        return None
+    meta = body["metadata"]
+    at_step("write status")
+    return kube.patch_status(
+        meta.get("namespace") or "default", meta["name"], changed, meta.get("resourceVersion")
     )
 
 
@@ -106,50 +262,63 @@ def read_reports(
 
 
 def reconcile_job(
-    body: Any,
-    spec: Any,
-    status: Any,
-    namespace: str,
-    name: str,
-    patch: kopf.Patch,
+    body: Mapping[str, Any],
+    pods: list[PodSummary],
+    status_patch: dict[str, Any],
     memo: kopf.Memo,
-    index: kopf.Index,
     logger: Any,
-) -> None:
+) -> Wake:
+    """Plan the job from its last status and its Pods, make the plan happen, and put the status
+    changes in `status_patch`; when to look at the job again."""
     cfg: OperatorConfig = memo.config
     kube: TrainingJobKube = memo.kube
     job = res.JobRef.from_body(body)
-    old_status = dict(status or {})
+    old_status = dict(body.get("status") or {})
     now = now_utc()
 
     at_step("check spec")
     try:
-        check_job_name(name)
-        job_spec = parse_spec(dict(spec))
+        check_job_name(job.name)
+        job_spec = parse_spec(dict(body.get("spec") or {}))
     except SpecError as exc:
-        fail_job(kube, body, job, old_status, str(exc), now, patch)
-        return
+        fail_job(kube, body, job, old_status, str(exc), now, status_patch)
+        return Wake()
 
-    at_step("read pods")
-    pods = pods_of(index, namespace, name)
     at_step("read pod logs")
     logs = rc.logs_to_read(old_status, pods, job.uid, enabled=not cfg.progress.enabled)
-    reports = read_reports(kube, cfg, namespace, logs, logger)
+    reports = read_reports(kube, cfg, job.namespace, logs, logger)
     at_step("plan")
     plan = rc.plan(job, job_spec, old_status, pods, reports, now)
-    subject = core.Subject(JOB_KIND, kube, body, old_status, patch)
+    subject = core.Subject(JOB_KIND, kube, body, old_status, status_patch)
     made = apply_plan(plan, subject, job, job_spec, pods, cfg, logger)
     invalid = made.invalid_message("the job's Service and Pods")
     if invalid is not None:
-        fail_job(kube, body, job, old_status, invalid, now, patch, "create pods")
-        remove_pods(kube, job, pods_of(index, namespace, name), made.created)
-        return
-    for key, value in rc.status_delta(old_status, plan.status).items():
-        patch.status[key] = value
-    PHASE_TRACKER.set(namespace, name, plan.status["phase"])
+        fail_job(kube, body, job, old_status, invalid, now, status_patch, "create pods")
+        remove_pods(kube, job, pods, made.created)
+        return Wake()
+    status_patch.update(rc.status_delta(old_status, plan.status))
+    PHASE_TRACKER.set(job.namespace, job.name, plan.status["phase"])
     if plan.delete_job:
         at_step("delete job")
-        kube.delete_trainingjob(namespace, name)
+        kube.delete_trainingjob(job.namespace, job.name)
+        return Wake()
+    return Wake(next_wake(cfg, job, job_spec, plan.status, pods, now), bool(made.refused))
+
+
+def next_wake(
+    cfg: OperatorConfig,
+    job: res.JobRef,
+    spec: TrainingJobSpec,
+    status: Mapping[str, Any],
+    pods: list[PodSummary],
+    now: datetime,
+) -> float | None:
+    """When the job must be looked at again though no event may come: its next clock deadline,
+    or, without a progress receiver, the next read of rank 0's log while it runs."""
+    wake = rc.requeue_after(spec, status, now)
+    if rc.logs_to_read(status, pods, job.uid, enabled=not cfg.progress.enabled):
+        wake = cfg.progress_poll_s if wake is None else min(wake, cfg.progress_poll_s)
+    return wake
 
 
 def fail_job(
@@ -159,18 +328,19 @@ def fail_job(
     old: dict[str, Any],
     message: str,
     now: Any,
-    patch: kopf.Patch,
+    status_patch: dict[str, Any],
     step: str = "check spec",
 ) -> None:
     """Fail the job for a spec that can never work (reason InvalidSpec)."""
-    if core.record_failure(kube, body, job, old, INVALID_SPEC, message, now, patch):
+    if core.record_failure(kube, body, job, old, INVALID_SPEC, message, now, status_patch):
+        log.warning("TrainingJob %s/%s failed: %s", job.namespace, job.name, message)
         metrics.RECONCILE_FAILURES.labels(kind=JOB_KIND, step=step, reason=INVALID_SPEC).inc()
         PHASE_TRACKER.set(job.namespace, job.name, FAILED)
 
 
 def remove_pods(kube: TrainingJobKube, job: res.JobRef, pods: list[PodSummary], created: list[str]) -> None:
     """Leave no Pods behind a job that failed while creating them: those the index knows and
-    those this tick created (which the index may not have seen yet)."""
+    those this run created (which the index may not have seen yet)."""
     at_step("delete pods")
     known = {p.name: p.uid for p in pods if p.owner_uid == job.uid and not p.deleting}
     for pod_name in sorted(set(known) | set(created)):
@@ -219,13 +389,3 @@ def apply_plan(
             metrics.GANG_RESTARTS.inc()
             logger.warning("%s", event.message)
     return made
-
-
-def cleanup(namespace: str, name: str, uid: str, memo: kopf.Memo, trainer_pods: kopf.Index, **_: Any) -> None:
-    """Owner references make the garbage collector delete the Service and Pods; deleting the
-    Pods here as well stops training at once rather than when the collector gets to them."""
-    kube: TrainingJobKube = memo.kube
-    for pod in pods_of(trainer_pods, namespace, name):
-        if pod.owner_uid == uid and not pod.deleting:
-            kube.delete_pod(namespace, pod.name, pod.uid)
-    PHASE_TRACKER.forget(namespace, name)

@@ -433,3 +433,24 @@ def _succeed(b: JobBuilder, o: Observed) -> Plan:
     _ended(b, o, COND_SUCCEEDED, reason, message)
     b.event("Normal", "Succeeded", message)
     return b.finish(SUCCEEDED, message)
+
+
+DEADLINE_MARGIN_S = 0.5
+"""Wake a little after a deadline, never before it: the planner's checks are strict."""
+
+
+def requeue_after(spec: TrainingJobSpec, status: Mapping[str, Any], now: datetime) -> float | None:
+    """Seconds until the job's next deadline that only the clock brings (no watch event will
+    announce it): the TTL of a finished job, or activeDeadlineSeconds of an active one; None
+    when there is none. Pure, like plan()."""
+    policy, phase = spec.run_policy, status.get("phase")
+    if phase in TERMINAL:
+        seconds, since = policy.ttl_seconds_after_finished, parse_time(status.get("completionTime"))
+    elif phase == SUSPENDED:
+        return None
+    else:
+        seconds, since = policy.active_deadline_seconds, parse_time(status.get("startTime"))
+    if seconds is None or since is None:
+        return None
+    left = (since + timedelta(seconds=seconds) - now).total_seconds()
+    return max(left, 0.0) + DEADLINE_MARGIN_S

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +106,7 @@ def reconcile_study(
         lambda: reconcile_study_tick(body, spec, status, patch, memo, logger),
         RECONCILE_METRICS,
         memo.config.study_reconcile_interval_s,
-        core.Subject(STUDY_KIND, memo.kube, body, dict(status or {}), patch),
+        core.Subject(STUDY_KIND, memo.kube, body, dict(status or {}), patch.status),
         outage=(StorageUnavailable, metrics.STUDY_STORAGE_ERRORS),
     )
 
@@ -220,7 +220,7 @@ def reconcile_study_tick(
         # The trial template first: its errors must not hide behind the storage's.
         res.check_trial_job(ref, study_spec, storage_secret(study_spec, cfg))
     except StudySpecError as exc:
-        _record_failed(body, ref, old, "InvalidSpec", str(exc), patch, kube)
+        _record_failed(body, ref, old, "InvalidSpec", str(exc), patch.status, kube)
         return
     if old.get("phase") in TERMINAL and not sp.needs_finalize(old):
         PHASE_TRACKER.set(ref.namespace, ref.name, old["phase"])
@@ -233,7 +233,7 @@ def reconcile_study_tick(
             secret, guard.url = storage_url(ref, storage_secret(study_spec, cfg), kube)
             handle = store.open_study(guard.url, ref.optuna_name, study_spec.objective.direction, ref.uid)
     except StudyConflict as exc:
-        _record_failed(body, ref, old, "StudyConflict", str(exc), patch, kube)
+        _record_failed(body, ref, old, "StudyConflict", str(exc), patch.status, kube)
         return
 
     at_step("connect to MLflow")
@@ -258,7 +258,7 @@ def reconcile_study_tick(
     at_step("act on the plan")
     with guard.errors():
         made = _act(plan, kube, store, handle, ref, study_spec, trials, secret, tracking.parent)
-    if not _announce(made, plan, core.Subject(STUDY_KIND, kube, body, old, patch), ref):
+    if not _announce(made, plan, core.Subject(STUDY_KIND, kube, body, old, patch.status), ref):
         return
     if plan.finalize is not None:
         at_step("finalize")
@@ -276,7 +276,9 @@ def _announce(made: core.Creations, plan: sp.StudyPlan, subject: core.Subject, r
     kube: TuningStudyKube = subject.kube
     invalid = made.invalid_message("trial jobs")
     if invalid is not None:
-        _record_failed(subject.body, ref, dict(subject.status), INVALID_SPEC, invalid, subject.patch, kube)
+        _record_failed(
+            subject.body, ref, dict(subject.status), INVALID_SPEC, invalid, subject.status_patch, kube
+        )
         return False
     if made.created:
         metrics.TRIAL_JOBS_CREATED.inc(len(made.created))
@@ -429,15 +431,15 @@ def _record_failed(
     old: dict[str, Any],
     reason: str,
     message: str,
-    patch: kopf.Patch,
+    status_patch: MutableMapping[str, Any],
     kube: TuningStudyKube,
 ) -> None:
     """Fail the study for a reason no retry fixes (a bad spec, a study of another owner).
     Nothing ran, so there is nothing to wrap up in MLflow either."""
     no_model = (sp.COND_MODEL, False, "StudyFailed", "The study failed: no model is registered")
-    if core.record_failure(kube, body, ref, old, reason, message, now_utc(), patch, (no_model,)):
+    if core.record_failure(kube, body, ref, old, reason, message, now_utc(), status_patch, (no_model,)):
         metrics.RECONCILE_FAILURES.labels(kind=STUDY_KIND, step=current_step(), reason=reason).inc()
-        patch.status["studyName"] = ref.optuna_name
+        status_patch["studyName"] = ref.optuna_name
         PHASE_TRACKER.set(ref.namespace, ref.name, FAILED)
 
 

@@ -1,0 +1,204 @@
+"""A coalescing work queue on the event loop, in the manner of client-go's workqueue, and the
+workers that drain it.
+
+Watch events only *mark* a key (a job's (namespace, name)) as dirty; workers reconcile keys.
+
+- A key is queued at most once, however many events mark it: a burst of 1,000 Pod events
+  makes one reconcile per job.
+- A key marked while a worker reconciles it is queued again, once, after that run ends; two
+  workers never hold the same key.
+- `add_after` wakes a key later (deadlines, a resync); a key keeps only its earliest wake-up.
+- A failed run is retried with a per-key backoff, `base` doubling up to `cap`; a successful
+  run resets it.
+- After every run the key gets a jittered resync, the safety net for a missed event.
+
+Everything here runs on the event loop's thread (kopf's handlers and our workers are `async`),
+so it needs no locks; the reconcile itself may go to a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base_s: float = 1.0
+    cap_s: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds before retry number `failures` (1, 2, …)."""
+        return min(self.cap_s, self.base_s * 2 ** max(failures - 1, 0))
+
+
+class WorkQueue(Generic[K]):
+    """Dirty set + processing set + FIFO of ready keys + delayed wake-ups."""
+
+    def __init__(
+        self,
+        resync_s: float,
+        backoff: Backoff = Backoff(),
+        jitter: float = 0.1,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.resync_s, self.backoff, self.jitter, self._rng = resync_s, backoff, jitter, rng
+        self._ready: asyncio.Queue[K] = asyncio.Queue()
+        self._dirty: set[K] = set()
+        self._processing: set[K] = set()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._failures: dict[K, int] = {}
+        self._closed = False
+
+    # ---- marking
+
+    def add(self, key: K) -> None:
+        """Mark `key` for a reconcile as soon as a worker is free (and it is not being run)."""
+        if self._closed or key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._ready.put_nowait(key)
+
+    def add_after(self, key: K, delay: float) -> None:
+        """Mark `key` in `delay` seconds, unless it already has an earlier wake-up."""
+        if self._closed:
+            return
+        if delay <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        pending = self._timers.get(key)
+        if pending is not None:
+            if pending.when() <= when:
+                return
+            pending.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def retry(self, key: K) -> float:
+        """A run of `key` failed: wake it after its backoff; the delay."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = self.backoff.delay(failures)
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: K) -> None:
+        """A run of `key` succeeded: its next failure starts the backoff afresh."""
+        self._failures.pop(key, None)
+
+    def drop(self, key: K) -> None:
+        """`key` is gone for good (its object was deleted): no retry, no resync."""
+        self._failures.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def resync(self, key: K) -> None:
+        """The safety net: wake `key` after the resync period, jittered by ±jitter."""
+        spread = 1.0 + self.jitter * (2.0 * self._rng() - 1.0)
+        self.add_after(key, self.resync_s * spread)
+
+    # ---- taking
+
+    async def get(self) -> K:
+        """The next key to reconcile; the caller owns it until `done(key)`."""
+        key = await self._ready.get()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: K) -> None:
+        """The run of `key` ended; if it was marked meanwhile, queue it again (once)."""
+        self._processing.discard(key)
+        if key in self._dirty and not self._closed:
+            self._ready.put_nowait(key)
+
+    # ---- state
+
+    def __len__(self) -> int:
+        """Keys waiting for a worker (not those being run, nor delayed ones)."""
+        return self._ready.qsize()
+
+    def failures(self, key: K) -> int:
+        return self._failures.get(key, 0)
+
+    def delayed(self, key: K) -> float | None:
+        """Seconds until `key`'s wake-up, None if it has none."""
+        timer = self._timers.get(key)
+        return None if timer is None else timer.when() - asyncio.get_running_loop().time()
+
+    def close(self) -> None:
+        """Mark nothing more; cancel every pending wake-up."""
+        self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+class Requeue(Exception):
+    """Raised by a run that did its part but wants to be tried again with backoff, with
+    nothing to log (say the apiserver refused a child for a quota: reported on the object)."""
+
+
+GONE = math.inf
+"""What a run returns when its object no longer exists: no resync, no retry."""
+
+Reconcile = Callable[[K], Awaitable[float | None]]
+"""One run for a key: the seconds after which it wants to run again (a deadline), None for
+only the resync, or GONE. Raising means the run failed (it has reported why): the key is
+retried with backoff."""
+
+
+async def work(queue: WorkQueue[K], reconcile: Reconcile[K]) -> None:
+    """One worker: take a key, reconcile it, schedule its next wake-up; forever."""
+    while True:
+        key = await queue.get()
+        try:
+            again = await reconcile(key)
+        except asyncio.CancelledError:
+            queue.done(key)
+            raise
+        except Requeue:
+            queue.retry(key)
+        except Exception as exc:
+            delay = queue.retry(key)
+            log.warning(
+                "Reconcile of %s failed (retry in %.0fs): %s: %s", key, delay, type(exc).__name__, exc
+            )
+        else:
+            queue.forget(key)
+            if again == GONE:
+                queue.drop(key)
+                queue.done(key)
+                continue
+            if again is not None:
+                queue.add_after(key, again)
+        queue.resync(key)
+        queue.done(key)
+
+
+def start_workers(queue: WorkQueue[K], reconcile: Reconcile[K], count: int, name: str) -> list[asyncio.Task]:
+    """`count` workers as tasks of the running loop (cancel them to stop)."""
+    return [asyncio.create_task(work(queue, reconcile), name=f"{name}-worker-{i}") for i in range(count)]
+
+
+async def stop_workers(queue: WorkQueue[K], tasks: list[asyncio.Task]) -> None:
+    queue.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
