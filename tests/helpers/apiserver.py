@@ -65,7 +65,7 @@ class Operator:
             "PYTHONWARNINGS": "ignore",
             # The resync (the safety net) never fires in a test: watch events drive every step.
             "DMLT_RECONCILE_INTERVAL_SECONDS": "600",
-            "DMLT_PROGRESS_POLL_SECONDS": "1",
+            "DMLT_LOG_POLL_SECONDS": "1",
             "DMLT_HEALTH_PORT": str(self.health),
             "DMLT_METRICS_PORT": "0",
             "DMLT_NAMESPACES": NS,

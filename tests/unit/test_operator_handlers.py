@@ -208,7 +208,7 @@ def test_a_write_refused_as_stale_is_planned_again_soon():
 
 def test_a_running_job_is_woken_for_progress_and_its_deadline():
     kube = FakeJobKube()
-    cfg = OperatorConfig(progress_poll_s=4)
+    cfg = OperatorConfig(log_poll_s=4)
     first = sync(versioned(runPolicy={"activeDeadlineSeconds": 3600}), kube, cfg=cfg)
     assert first.requeue_after == pytest.approx(3600.5, abs=5)  # no Pod runs yet: the deadline
     status = kube.status_patches[-1][1]

@@ -151,9 +151,9 @@ class OperatorConfig:
     """Safety-net resync: each TrainingJob is reconciled at least this often (jittered ±10 %)
     even when no event arrives; events of the job and its Pods wake it at once
     [DMLT_RECONCILE_INTERVAL_SECONDS]."""
-    progress_poll_s: float = 5.0
+    log_poll_s: float = 5.0
     """While rank 0 runs, its log tail is read for progress this often
-    [DMLT_PROGRESS_POLL_SECONDS]."""
+    [DMLT_LOG_POLL_SECONDS]."""
     workers: int = 8
     """Reconcile workers: how many TrainingJobs are reconciled at once; kopf's thread pool gets
     4 more threads [DMLT_WORKERS]."""
@@ -208,7 +208,7 @@ class OperatorConfig:
         return cls(
             default_tracking_uri=env.get("DMLT_DEFAULT_TRACKING_URI", "").strip(),
             reconcile_interval_s=_float(env, "DMLT_RECONCILE_INTERVAL_SECONDS", 300.0, 0.5),
-            progress_poll_s=_float(env, "DMLT_PROGRESS_POLL_SECONDS", 5.0, 0.5),
+            log_poll_s=_float(env, "DMLT_LOG_POLL_SECONDS", 5.0, 0.5),
             workers=_int(env, "DMLT_WORKERS", 8, 1),
             api_qps=_float(env, "DMLT_API_QPS", 50.0, 0.1),
             api_burst=_int(env, "DMLT_API_BURST", 100, 1),

@@ -317,7 +317,7 @@ def next_wake(
     or, without a progress receiver, the next read of rank 0's log while it runs."""
     wake = rc.requeue_after(spec, status, now)
     if rc.logs_to_read(status, pods, job.uid, enabled=not cfg.progress.enabled):
-        wake = cfg.progress_poll_s if wake is None else min(wake, cfg.progress_poll_s)
+        wake = cfg.log_poll_s if wake is None else min(wake, cfg.log_poll_s)
     return wake
 
 
