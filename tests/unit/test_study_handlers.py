@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+import kopf
 import optuna
 import pytest
 import sqlalchemy.exc
@@ -14,6 +15,7 @@ from dmlt_operator.tuningstudy import plan as sr
 from dmlt_operator.tuningstudy.store import StudyStore
 from kubernetes.client.exceptions import ApiException
 
+from tests.helpers.operator_fakes import FakeStudyKube
 from tests.helpers.study_harness import LOG, UID, Harness
 
 pytestmark = pytest.mark.unit
@@ -214,3 +216,34 @@ def test_secret_values_are_decoded():
     assert kube.read_secret_value("ns", "s", "url") == "postgresql+psycopg2://u:p@h/db"
     assert kube.read_secret_value("ns", "s", "other") is None
     assert kube.read_secret_value("ns", "gone", "url") is None
+
+
+class CountingKube(FakeStudyKube):
+    reads = 0
+
+    def read_secret_value(self, namespace, name, key):
+        self.reads += 1
+        return super().read_secret_value(namespace, name, key)
+
+
+def test_the_storage_secret_is_read_once_then_again_after_its_ttl_or_a_storage_error(tmp_path):
+    now = [0.0]
+    cache = h.SecretCache(ttl_s=600, clock=lambda: now[0])
+    hs = Harness(tmp_path, maxTrials=3)
+    hs.kube = CountingKube(hs.url)
+    plain_memo = hs.memo
+    hs.memo = lambda: kopf.Memo(**plain_memo(), secret_cache=cache)
+    hs.tick()
+    hs.tick()
+    assert hs.kube.reads == 1
+    now[0] = 601
+    hs.tick()
+    assert hs.kube.reads == 2
+    hs.kube.secrets = {("ns", "dmlt-postgresql", "url"): "sqlite:////nonexistent/dir/optuna.db"}
+    cache.put(("ns", "dmlt-postgresql", "url"), "sqlite:////nonexistent/dir/optuna.db")
+    with pytest.raises(h.StorageUnavailable):
+        hs.tick()
+    assert cache.get(("ns", "dmlt-postgresql", "url")) is None  # forgotten: read again next tick
+    hs.kube.secrets = {("ns", "dmlt-postgresql", "url"): hs.url}
+    hs.tick()
+    assert hs.kube.reads == 3 and hs.body["status"]["phase"] != "Failed"

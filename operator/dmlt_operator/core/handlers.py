@@ -116,11 +116,7 @@ def report_failure(subject: Subject, step: str, failure: Failure) -> str:
 
 class ReconcileFailed(Exception):
     """A tick failed; the failure is already reported on the object (status message, Event,
-    metric). `retry_after`: when to try again, if the caller has no backoff of its own."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    metric): the caller only retries it."""
 
 
 def run_reported(

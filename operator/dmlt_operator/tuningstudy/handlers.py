@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterator, MutableMapping
+import threading
+import time
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,10 @@ PHASE_TRACKER = metrics.PhaseTracker(metrics.STUDIES, sp.PHASES)
 RECONCILE_METRICS = core.ReconcileMetrics(metrics.STUDY_RECONCILE_ERRORS, metrics.STUDY_RECONCILE_SECONDS)
 
 
+SECRET_TTL_S = 600.0
+"""How long a storage URL read from a Secret is used before the Secret is read again."""
+
+
 class StorageUnavailable(Exception):
     """The study's database cannot be used right now (retried on the next tick)."""
 
@@ -76,8 +82,36 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     kopf.on.delete(GROUP, VERSION, STUDY_PLURAL, optional=True, registry=registry)(delete_study)
 
 
+class SecretCache:
+    """Storage URLs read from Secrets, kept `ttl_s`: a study's tick reads its Secret only when
+    the URL is unknown, older than that, or was forgotten after a storage error (so a fixed or
+    rotated Secret is read again). Thread-safe: study timers run in kopf's thread pool."""
+
+    def __init__(self, ttl_s: float = SECRET_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self._clock = ttl_s, clock
+        self._urls: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> str | None:
+        with self._lock:
+            entry = self._urls.get(key)
+            if entry is None or self._clock() - entry[0] > self.ttl_s:
+                return None
+            return entry[1]
+
+    def put(self, key: tuple[str, str, str], url: str) -> None:
+        with self._lock:
+            self._urls[key] = (self._clock(), url)
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            self._urls.pop(key, None)
+
+
 def configure_studies(memo: kopf.Memo, logger: Any, **_: Any) -> None:
     cfg = core.start_memo(memo)
+    if "secret_cache" not in memo:
+        memo.secret_cache = SecretCache()
     if "study_store" not in memo:
         memo.study_store = StudyStore(cfg.storage_pool_size, cfg.storage_connect_timeout_s)
     if "mlflow_client" not in memo:
@@ -121,15 +155,22 @@ def storage_secret(spec: TuningStudySpec, cfg: OperatorConfig) -> SecretKeyRef |
 
 
 def storage_url(
-    ref: StudyRef, secret: SecretKeyRef | None, kube: TuningStudyKube
+    ref: StudyRef, secret: SecretKeyRef | None, kube: TuningStudyKube, cache: SecretCache | None = None
 ) -> tuple[SecretKeyRef, str]:
-    """(the Secret, the URL in it); StorageUnavailable saying what is missing."""
+    """(the Secret, the URL in it, from `cache` while it knows it); StorageUnavailable saying
+    what is missing."""
     if secret is None:
         raise StorageUnavailable(
             "No Optuna storage: set spec.storage.secretRef, or install the chart's PostgreSQL "
             "(the operator's DMLT_DEFAULT_STORAGE_SECRET)"
         )
-    url = kube.read_secret_value(ref.namespace, secret.name, secret.key)
+    key = (ref.namespace, secret.name, secret.key)
+    url = cache.get(key) if cache is not None else None
+    if url:
+        return secret, url
+    url = kube.read_secret_value(*key)
+    if url and cache is not None:
+        cache.put(key, url)
     if not url:
         raise StorageUnavailable(
             f"Secret {ref.namespace}/{secret.name} with key {secret.key!r} (the Optuna storage URL) "
@@ -193,6 +234,25 @@ class StorageGuard:
         PHASE_TRACKER.set(ref.namespace, ref.name, old.get("phase") or PENDING)
 
 
+def _open_storage(
+    guard: StorageGuard, ref: StudyRef, spec: TuningStudySpec, memo: kopf.Memo
+) -> tuple[SecretKeyRef, Any]:
+    """The study's Secret and its open Optuna study. After a storage error the cached URL is
+    forgotten, so the next tick reads the Secret again."""
+    cache: SecretCache | None = memo.get("secret_cache")
+    wanted = storage_secret(spec, memo.config)
+    try:
+        with guard.errors():
+            secret, guard.url = storage_url(ref, wanted, memo.kube, cache)
+            return secret, memo.study_store.open_study(
+                guard.url, ref.optuna_name, spec.objective.direction, ref.uid
+            )
+    except StorageUnavailable:
+        if cache is not None and wanted is not None:
+            cache.forget((ref.namespace, wanted.name, wanted.key))
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class Tracking:
     """The study's MLflow side this tick: its client, parent run, and why trials must wait."""
@@ -229,9 +289,7 @@ def reconcile_study_tick(
     guard = StorageGuard(ref, old, now, patch)
     at_step("open storage")
     try:
-        with guard.errors():
-            secret, guard.url = storage_url(ref, storage_secret(study_spec, cfg), kube)
-            handle = store.open_study(guard.url, ref.optuna_name, study_spec.objective.direction, ref.uid)
+        secret, handle = _open_storage(guard, ref, study_spec, memo)
     except StudyConflict as exc:
         _record_failed(body, ref, old, "StudyConflict", str(exc), patch.status, kube)
         return
