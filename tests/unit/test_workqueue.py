@@ -28,6 +28,38 @@ def test_a_burst_of_marks_makes_one_entry():
     run(scenario())
 
 
+def test_urgent_marks_are_served_before_plain_ones_and_a_promoted_key_runs_once():
+    async def scenario():
+        q = WorkQueue(resync_s=300)
+        for key in ("new-1", "new-2", "new-3"):
+            q.add(key)
+        q.add("running", urgent=True)
+        q.add("new-2", urgent=True)  # promoted: its plain entry is skipped
+        q.add("new-2")  # a later plain mark does not demote it
+        assert len(q) == 4
+        order = [await q.get() for _ in range(4)]
+        assert order == ["running", "new-2", "new-1", "new-3"]
+        assert len(q) == 0
+        for key in order:
+            q.done(key)
+        assert len(q) == 0
+
+    run(scenario())
+
+
+def test_an_urgent_mark_while_processing_requeues_in_the_urgent_lane():
+    async def scenario():
+        q = WorkQueue(resync_s=300)
+        q.add("a")
+        key = await q.get()
+        q.add("b")
+        q.add("a", urgent=True)
+        q.done(key)
+        assert [await q.get(), await q.get()] == ["a", "b"]
+
+    run(scenario())
+
+
 def test_a_key_marked_while_processing_is_queued_again_once_after_done():
     async def scenario():
         q = WorkQueue(resync_s=300)

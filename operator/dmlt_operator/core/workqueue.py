@@ -7,6 +7,10 @@ Watch events only *mark* a key (a job's (namespace, name)) as dirty; workers rec
   makes one reconcile per job.
 - A key marked while a worker reconciles it is queued again, once, after that run ends; two
   workers never hold the same key.
+- Two lanes: an *urgent* mark (a change that only needs the status brought up to date, such
+  as a Pod going Running) is served before the plain marks (new jobs, whose Pods are still to
+  be created), so that a burst of new jobs does not hold back what users watch. A key marked
+  both ways is queued once, in the urgent lane.
 - `add_after` wakes a key later (deadlines, a resync); a key keeps only its earliest wake-up.
 - A failed run is retried with a per-key backoff, `base` doubling up to `cap`; a successful
   run resets it.
@@ -19,6 +23,7 @@ so it needs no locks; the reconcile itself may go to a thread pool.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
@@ -41,8 +46,13 @@ class Backoff:
         return min(self.cap_s, self.base_s * 2 ** max(failures - 1, 0))
 
 
+URGENT, PLAIN = 0, 1
+"""The lanes: the lower is served first."""
+
+
 class WorkQueue(Generic[K]):
-    """Dirty set + processing set + FIFO of ready keys + delayed wake-ups."""
+    """Dirty keys (with their lane) + processing set + ready keys in lane, then FIFO, order +
+    delayed wake-ups."""
 
     def __init__(
         self,
@@ -52,8 +62,10 @@ class WorkQueue(Generic[K]):
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.resync_s, self.backoff, self.jitter, self._rng = resync_s, backoff, jitter, rng
-        self._ready: asyncio.Queue[K] = asyncio.Queue()
-        self._dirty: set[K] = set()
+        self._ready: asyncio.PriorityQueue[tuple[int, int, K]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._dirty: dict[K, int] = {}
+        """Marked keys → their lane; those not being processed are in `_ready` in that lane."""
         self._processing: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._failures: dict[K, int] = {}
@@ -61,13 +73,19 @@ class WorkQueue(Generic[K]):
 
     # ---- marking
 
-    def add(self, key: K) -> None:
-        """Mark `key` for a reconcile as soon as a worker is free (and it is not being run)."""
-        if self._closed or key in self._dirty:
+    def add(self, key: K, urgent: bool = False) -> None:
+        """Mark `key` for a reconcile as soon as a worker is free (and it is not being run);
+        `urgent` keys go before plain ones."""
+        lane = URGENT if urgent else PLAIN
+        if self._closed or self._dirty.get(key, PLAIN + 1) <= lane:
             return
-        self._dirty.add(key)
+        self._dirty[key] = lane
         if key not in self._processing:
-            self._ready.put_nowait(key)
+            self._push(key, lane)
+
+    def _push(self, key: K, lane: int) -> None:
+        # A key promoted to the urgent lane leaves its plain entry behind: `get` skips it.
+        self._ready.put_nowait((lane, next(self._order), key))
 
     def add_after(self, key: K, delay: float) -> None:
         """Mark `key` in `delay` seconds, unless it already has an earlier wake-up."""
@@ -117,8 +135,11 @@ class WorkQueue(Generic[K]):
 
     async def get(self) -> K:
         """The next key to reconcile; the caller owns it until `done(key)`."""
-        key = await self._ready.get()
-        self._dirty.discard(key)
+        while True:
+            lane, _, key = await self._ready.get()
+            if self._dirty.get(key) == lane and key not in self._processing:
+                break
+        del self._dirty[key]
         self._processing.add(key)
         return key
 
@@ -126,13 +147,13 @@ class WorkQueue(Generic[K]):
         """The run of `key` ended; if it was marked meanwhile, queue it again (once)."""
         self._processing.discard(key)
         if key in self._dirty and not self._closed:
-            self._ready.put_nowait(key)
+            self._push(key, self._dirty[key])
 
     # ---- state
 
     def __len__(self) -> int:
         """Keys waiting for a worker (not those being run, nor delayed ones)."""
-        return self._ready.qsize()
+        return sum(1 for key in self._dirty if key not in self._processing)
 
     def failures(self, key: K) -> int:
         return self._failures.get(key, 0)

@@ -75,13 +75,14 @@ class JobQueue:
     tasks: list[asyncio.Task] = field(default_factory=list)
     workers: int = 1
 
-    def mark(self, key: JobKey, memo: kopf.Memo) -> None:
-        """Queue `key`. The first mark starts the workers: from a resource handler, so that
-        they inherit kopf's context (its Event poster), which startup handlers lack."""
+    def mark(self, key: JobKey, memo: kopf.Memo, urgent: bool = False) -> None:
+        """Queue `key` (`urgent`: before the plain marks). The first mark starts the workers:
+        from a resource handler, so that they inherit kopf's context (its Event poster), which
+        startup handlers lack."""
         if not self.tasks:
             run = functools.partial(run_job, self, memo)
             self.tasks = start_workers(self.queue, run, self.workers, "trainingjob")
-        self.queue.add(key)
+        self.queue.add(key, urgent)
 
     def own_write(self, key: JobKey, resource_version: str | None) -> bool:
         """Is this version of the job the one our own status write made?"""
@@ -157,10 +158,11 @@ async def job_event(namespace: str, name: str, body: Any, memo: kopf.Memo, **_: 
 
 
 async def pod_event(namespace: str, labels: Any, memo: kopf.Memo, **_: Any) -> None:
-    """Any change of one of a job's Pods wakes the job."""
+    """Any change of one of a job's Pods wakes the job, before jobs not yet started: what it
+    needs is mostly its status brought up to date (a rank Running, a rank failed)."""
     jq: JobQueue | None = memo.get("job_queue")
     if jq is not None:
-        jq.mark((namespace, labels[res.LABEL_JOB]), memo)
+        jq.mark((namespace, labels[res.LABEL_JOB]), memo, urgent=True)
 
 
 async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
