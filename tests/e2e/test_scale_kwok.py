@@ -7,7 +7,6 @@ return to polling (a timer per job, `pods/log` reads, a finalizer per job) still
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -37,7 +36,9 @@ def scale_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     except RuntimeError as exc:
         pytest.fail(f"{exc} (hack/cluster.sh up builds it)", pytrace=False)
     work: Path = tmp_path_factory.mktemp("scale")
-    args = argparse.Namespace(timeout=300.0, settle=5.0, steady=20.0)
+    args = bench_scale.parse_args(
+        ["--jobs", str(JOBS), "--nodes", str(NODES), "--settle", "5", "--steady", "20", "--timeout", "300"]
+    )
     entry = bench_scale.run_once(JOBS, NODES, args, work)
     print(json.dumps(entry, indent=2))
     return entry
