@@ -284,3 +284,36 @@ def test_events_mark_the_job_but_not_for_our_own_write():
 def test_a_refused_pod_is_retried_with_backoff():
     outcome = sync(versioned(), RefusingKube())
     assert outcome.refused and outcome.error is None
+
+
+def test_a_burst_of_pod_events_wakes_the_job_once_in_the_urgent_lane_a_moment_later():
+    async def scenario():
+        from dmlt_operator.core.workqueue import WorkQueue
+
+        jq = handlers.JobQueue(WorkQueue(300), {}, {}, None)
+        jq.tasks = [asyncio.current_task()]  # as if the workers ran: none takes a key here
+        memo = kopf.Memo(job_queue=jq)
+        jq.queue.add(("ns", "new"))
+        for _ in range(5):
+            await handlers.pod_event(namespace="ns", labels={"dmlt.io/job-name": "ddp"}, memo=memo)
+        assert len(jq.queue) == 1  # only the new job yet: the Pod events wait for their siblings
+        await asyncio.sleep(handlers.POD_EVENTS_WINDOW_S + 0.1)
+        assert len(jq.queue) == 2
+        assert await jq.queue.get() == ("ns", "ddp")
+        jq.queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_waits_to_see_the_pods_it_created_before_planning_again():
+    pods = {("ns", "ddp"): [running_pod(0, "Pending")]}
+    jq = handlers.JobQueue(None, {}, pods, None)
+    key = ("ns", "ddp")
+    jq.expect(key, (), now=0.0)
+    assert not jq.awaiting_pods(key, 0.0)
+    jq.expect(key, ("ddp-0", "ddp-1"), now=0.0)
+    assert jq.awaiting_pods(key, 1.0)  # ddp-1 not seen yet
+    pods[key].append(running_pod(1, "Pending"))
+    assert not jq.awaiting_pods(key, 1.0) and key not in jq.expected
+    jq.expect(key, ("ddp-2",), now=0.0)
+    assert not jq.awaiting_pods(key, handlers.EXPECTED_PODS_S)  # never seen: plan anyway

@@ -87,12 +87,13 @@ class WorkQueue(Generic[K]):
         # A key promoted to the urgent lane leaves its plain entry behind: `get` skips it.
         self._ready.put_nowait((lane, next(self._order), key))
 
-    def add_after(self, key: K, delay: float) -> None:
-        """Mark `key` in `delay` seconds, unless it already has an earlier wake-up."""
+    def add_after(self, key: K, delay: float, urgent: bool = False) -> None:
+        """Mark `key` in `delay` seconds (in the urgent lane if `urgent`), unless it already
+        has an earlier wake-up."""
         if self._closed:
             return
         if delay <= 0:
-            self.add(key)
+            self.add(key, urgent)
             return
         loop = asyncio.get_running_loop()
         when = loop.time() + delay
@@ -101,11 +102,11 @@ class WorkQueue(Generic[K]):
             if pending.when() <= when:
                 return
             pending.cancel()
-        self._timers[key] = loop.call_at(when, self._fire, key)
+        self._timers[key] = loop.call_at(when, self._fire, key, urgent)
 
-    def _fire(self, key: K) -> None:
+    def _fire(self, key: K, urgent: bool) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self.add(key, urgent)
 
     def retry(self, key: K) -> float:
         """A run of `key` failed: wake it after its backoff; the delay."""

@@ -42,6 +42,13 @@ from dmlt_operator.trainingjob.spec import SpecError, TrainingJobSpec, check_job
 PHASE_TRACKER = metrics.PhaseTracker(metrics.JOBS, rc.PHASES)
 RECONCILE_METRICS = core.ReconcileMetrics(metrics.RECONCILE_ERRORS, metrics.RECONCILE_SECONDS)
 STALE_RETRY_S = 1.0
+POD_EVENTS_WINDOW_S = 0.2
+"""A Pod's change wakes its job this much later, so that the few events of one transition (a
+Pod created, scheduled, started; its sibling rank alike) make one reconcile and one status
+write, not one each."""
+EXPECTED_PODS_S = 5.0
+"""How long a job waits for the Pods it created to show in the Pod watch before it plans
+without them (as the Kubernetes Job controller's expectations do)."""
 """A status write refused because the job changed since it was read: plan again this soon (the
 change's own event normally wakes the job first)."""
 
@@ -74,15 +81,35 @@ class JobQueue:
     """key → (the resourceVersion a status write was based on, the job that write returned)."""
     tasks: list[asyncio.Task] = field(default_factory=list)
     workers: int = 1
+    expected: dict[JobKey, tuple[frozenset[str], float]] = field(default_factory=dict)
+    """key → (the Pods its last run created, until when to wait for them to be seen)."""
 
-    def mark(self, key: JobKey, memo: kopf.Memo, urgent: bool = False) -> None:
-        """Queue `key` (`urgent`: before the plain marks). The first mark starts the workers:
-        from a resource handler, so that they inherit kopf's context (its Event poster), which
-        startup handlers lack."""
+    def mark(self, key: JobKey, memo: kopf.Memo, urgent: bool = False, after: float = 0.0) -> None:
+        """Queue `key` in `after` seconds (`urgent`: before the plain marks). The first mark
+        starts the workers: from a resource handler, so that they inherit kopf's context (its
+        Event poster), which startup handlers lack."""
         if not self.tasks:
             run = functools.partial(run_job, self, memo)
             self.tasks = start_workers(self.queue, run, self.workers, "trainingjob")
-        self.queue.add(key, urgent)
+        self.queue.add_after(key, after, urgent)
+
+    def expect(self, key: JobKey, created: tuple[str, ...], now: float) -> None:
+        """The last run created these Pods: wait for them before planning again."""
+        if created:
+            self.expected[key] = (frozenset(created), now + EXPECTED_PODS_S)
+
+    def awaiting_pods(self, key: JobKey, now: float) -> bool:
+        """Has the job created Pods that the Pod watch has not shown yet (and not for too
+        long)? Planning from such a view would create them again (409s) and write a status
+        that the next event undoes."""
+        expected = self.expected.get(key)
+        if expected is None:
+            return False
+        names, deadline = expected
+        if now < deadline and not names <= {p.name for p in self.pods.get(key, [])}:
+            return True
+        del self.expected[key]
+        return False
 
     def own_write(self, key: JobKey, resource_version: str | None) -> bool:
         """Is this version of the job the one our own status write made?"""
@@ -162,12 +189,15 @@ async def pod_event(namespace: str, labels: Any, memo: kopf.Memo, **_: Any) -> N
     needs is mostly its status brought up to date (a rank Running, a rank failed)."""
     jq: JobQueue | None = memo.get("job_queue")
     if jq is not None:
-        jq.mark((namespace, labels[res.LABEL_JOB]), memo, urgent=True)
+        jq.mark((namespace, labels[res.LABEL_JOB]), memo, urgent=True, after=POD_EVENTS_WINDOW_S)
 
 
 async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
     """A worker's run for one key: snapshot on the loop, reconcile in the thread pool; when to
     wake the key again. Raises (for a backoff) when the reconcile failed."""
+    loop = asyncio.get_running_loop()
+    if jq.awaiting_pods(key, loop.time()):
+        return STALE_RETRY_S  # their watch events wake it sooner
     seen = jq.snapshot(key)
     if seen is None:
         PHASE_TRACKER.forget(*key)
@@ -175,7 +205,8 @@ async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
     body, pods = seen
     context = contextvars.copy_context()  # kopf's event poster and our step marker
     call = functools.partial(sync_job, body, pods, memo, log)
-    outcome = await asyncio.get_running_loop().run_in_executor(jq.executor, context.run, call)
+    outcome = await loop.run_in_executor(jq.executor, context.run, call)
+    jq.expect(key, outcome.created, loop.time())
     if outcome.written is not None:
         jq.written[key] = (_version(body) or "", outcome.written)
     if outcome.error is not None:
@@ -191,6 +222,8 @@ class Wake(NamedTuple):
 
     after: float | None = None
     refused: bool = False
+    created: tuple[str, ...] = ()
+    """The Pods this run created."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +237,8 @@ class Outcome:
     refused: bool = False
     """The apiserver refused a child for now (quota, RBAC; reported in status): try again with
     backoff, since no event announces a raised quota."""
+    created: tuple[str, ...] = ()
+    """The Pods this run created (the queue waits to see them before the next plan)."""
 
 
 def sync_job(body: dict[str, Any], pods: list[PodSummary], memo: kopf.Memo, logger: Any) -> Outcome:
@@ -222,8 +257,8 @@ def sync_job(body: dict[str, Any], pods: list[PodSummary], memo: kopf.Memo, logg
         written = write_status(memo.kube, body, status_patch)
     except StaleRead as exc:
         logger.debug("%s: planning again", exc)
-        return Outcome(STALE_RETRY_S, None, error)
-    return Outcome(wake.after, written, error, wake.refused)
+        return Outcome(STALE_RETRY_S, None, error, created=wake.created)
+    return Outcome(wake.after, written, error, wake.refused, wake.created)
 
 
 def write_status(
@@ -304,7 +339,8 @@ def reconcile_job(
         at_step("delete job")
         kube.delete_trainingjob(job.namespace, job.name)
         return Wake()
-    return Wake(next_wake(cfg, job, job_spec, plan.status, pods, now), bool(made.refused))
+    after = next_wake(cfg, job, job_spec, plan.status, pods, now)
+    return Wake(after, bool(made.refused), tuple(made.created))
 
 
 def next_wake(
