@@ -307,3 +307,22 @@ def test_flavors_are_read_once_a_minute():
     cache.get(kube, "default")
     cache.get(kube, "default")
     assert kube.reads == [("resourceflavors", "default")]
+
+
+def test_the_job_queue_hands_the_worker_the_jobs_workload():
+    jq = handlers.JobQueue(None, {}, {}, None, workloads={("ns", "ddp"): [EVICTED]})
+    seen = jq.workload(("ns", "ddp"), body())
+    assert seen.workload["metadata"]["name"] == WL and seen.preemptor is None  # hi-uid is not indexed
+    assert jq.workload(("ns", "other"), body()) == kq.WorkloadSeen()
+
+
+def test_a_workload_event_wakes_its_job():
+    marked = []
+
+    class Queue:
+        def mark(self, key, memo):
+            marked.append(key)
+
+    memo = kopf.Memo(job_queue=Queue())
+    asyncio.run(handlers.workload_event(namespace="ns", labels={"dmlt.io/job-name": "ddp"}, memo=memo))
+    assert marked == [("ns", "ddp")]
