@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from dmlt_operator.trainingjob import queueing as q
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from tests.helpers.chart import Dmlt, installed_chart
 from tests.helpers.jobs import diagnose, epoch_numbers, finished_lines, job_events, job_manifest
-from tests.helpers.kube import pod_log, raw_get
+from tests.helpers.kube import pod_log
+from tests.helpers.kueue import cluster_queue, kueue_api
 from tests.helpers.names import GROUP, LABEL_JOB, PLURAL, VERSION
 from tests.helpers.waiting import wait_for
 
@@ -59,20 +58,11 @@ RESUMABLE: dict[str, Any] = {
     "extraArgs": ["--threads", "1"],
 }
 JOB_TIMEOUT = 900.0
-WPC = q.WORKLOAD_PRIORITY_CLASS_PLURAL
 
 
 @pytest.fixture(scope="module")
 def kueue(api_client: client.ApiClient) -> client.CustomObjectsApi:
-    try:
-        raw_get(api_client, f"/apis/{G}/{V}")
-    except ApiException as exc:
-        if exc.status == 404:
-            pytest.fail(
-                "Kueue is not installed on this cluster: `DMLT_KUEUE=1 hack/cluster.sh up`", pytrace=False
-            )
-        raise
-    return client.CustomObjectsApi(api_client)
+    return kueue_api(api_client)
 
 
 @pytest.fixture(scope="module")
@@ -84,51 +74,8 @@ def dmlt(api_client: client.ApiClient, namespace: str, kueue: Any) -> Iterator[D
 
 @pytest.fixture(scope="module")
 def queues(kueue: client.CustomObjectsApi, namespace: str, dmlt: Dmlt) -> Iterator[dict[str, str]]:
-    """A ResourceFlavor (node label kubernetes.io/os=linux, which every node has), a ClusterQueue
-    of 1.5 CPUs (and memory: Kueue needs every requested resource covered) that preempts lower
-    priorities, the LocalQueue `team`, and two WorkloadPriorityClasses."""
-    tag = uuid.uuid4().hex[:6]
-    names = {
-        "flavor": f"tj-{tag}",
-        "cq": f"tj-{tag}",
-        "lq": "team",
-        "low": f"tj-low-{tag}",
-        "high": f"tj-high-{tag}",
-    }
-    objects = [
-        ("resourceflavors", "ResourceFlavor", {
-            "metadata": {"name": names["flavor"]}, "spec": {"nodeLabels": {"kubernetes.io/os": "linux"}},
-        }),
-        ("clusterqueues", "ClusterQueue", {
-            "metadata": {"name": names["cq"]},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                "preemption": {"withinClusterQueue": "LowerPriority"},
-                "resourceGroups": [{
-                    "coveredResources": ["cpu", "memory"],
-                    "flavors": [{"name": names["flavor"], "resources": [
-                        {"name": "cpu", "nominalQuota": "1500m"},
-                        {"name": "memory", "nominalQuota": "16Gi"}]}],
-                }],
-            },
-        }),
-        (WPC, "WorkloadPriorityClass", {"metadata": {"name": names["low"]}, "value": 10}),
-        (WPC, "WorkloadPriorityClass", {"metadata": {"name": names["high"]}, "value": 1000}),
-    ]  # fmt: skip
-    for plural, kind, body in objects:
-        kueue.create_cluster_custom_object(G, V, plural, {"apiVersion": f"{G}/{V}", "kind": kind, **body})
-    kueue.create_namespaced_custom_object(
-        G, V, namespace, "localqueues",
-        {"apiVersion": f"{G}/{V}", "kind": "LocalQueue", "metadata": {"name": names["lq"]},
-         "spec": {"clusterQueue": names["cq"]}},
-    )  # fmt: skip
-    yield names
-    for plural, _, body in reversed(objects):
-        try:
-            kueue.delete_cluster_custom_object(G, V, plural, body["metadata"]["name"])
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    with cluster_queue(kueue, namespace, cpu="1500m") as names:
+        yield names
 
 
 # --------------------------------------------------------------------------- the monitor
