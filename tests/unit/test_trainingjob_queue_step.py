@@ -178,6 +178,16 @@ def test_quota_lost_without_an_eviction_stops_the_gang():
     assert "Evicted" in reasons(p)
 
 
+def test_pods_ready_is_reported_once_every_rank_is_ready():
+    running = {"phase": "Running", "attempt": 0, "queue": {"state": "Admitted"}}
+    p = plan(running, [pod(0), pod(1)], ADMITTED)
+    ready = {c["type"]: c for c in p.workload_status["status"]["conditions"]}["PodsReady"]
+    assert ready["status"] == "True"
+    assert plan(running, [pod(0), pod(1, "Pending")], ADMITTED).workload_status is None
+    already = workload(*ADMITTED["status"]["conditions"], cond("PodsReady", "True", "PodsReady"))
+    assert plan(running, [pod(0), pod(1)], already).workload_status is None
+
+
 def test_the_end_of_the_job_finishes_its_workload():
     done = {"phase": "Running", "attempt": 0, "queue": {"state": "Admitted"}}
     p = plan(done, [pod(0, "Succeeded"), pod(1, "Succeeded")], ADMITTED)

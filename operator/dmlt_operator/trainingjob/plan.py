@@ -493,6 +493,15 @@ def workload_upkeep(p: Plan, b: JobBuilder, o: Observed, q: QueueInput) -> None:
         p.workload_patch = qu.active_patch(not o.spec.run_policy.suspend)
     if view.eviction is not None and view.quota_reserved and not o.own:
         p.workload_status = qu.release_quota_status(q.workload, b.now)
+    elif view.admitted and p.status.get("ready") == f"{o.spec.replicas}/{o.spec.replicas}":
+        if not _workload_condition(q.workload, qu.COND_PODS_READY):
+            # for Kueue's waitForPodsReady (else it evicts the gang after its timeout)
+            p.workload_status = qu.pods_ready_status(q.workload, True, b.now)
+
+
+def _workload_condition(workload: Mapping[str, Any], type_: str) -> bool:
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conditions)
 
 
 def _decide(b: JobBuilder, o: Observed, queue: QueueInput | None) -> Plan:
