@@ -23,6 +23,12 @@ class FakeJobKube:
         self.status_patches: list[tuple[str, dict[str, Any], str | None]] = []
         self.stale = False
         """Refuse status writes as made from a stale read (409)."""
+        self.workloads: list[dict[str, Any]] = []
+        self.workload_patches: list[tuple[str, dict[str, Any], bool]] = []
+        self.cluster_objects: dict[tuple[str, str], dict[str, Any]] = {}
+        """(plural, name) → a ResourceFlavor or WorkloadPriorityClass."""
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        self.reads: list[tuple[str, str]] = []
 
     def create_pod(self, pod):
         if pod["metadata"]["name"] in self.existing:
@@ -58,6 +64,23 @@ class FakeJobKube:
 
     def post_event(self, body, type_, reason, message):
         self.events.append((type_, reason, message))
+
+    def create_workload(self, workload):
+        if any(w["metadata"]["name"] == workload["metadata"]["name"] for w in self.workloads):
+            return False
+        self.workloads.append(workload)
+        return True
+
+    def patch_workload(self, namespace, name, patch, status=False):
+        self.workload_patches.append((name, patch, status))
+        return True
+
+    def read_cluster_object(self, group, version, plural, name):
+        self.reads.append((plural, name))
+        return self.cluster_objects.get((plural, name))
+
+    def read_namespace_labels(self, name):
+        return dict(self.namespace_labels.get(name, {}))
 
 
 class FakeStudyKube:

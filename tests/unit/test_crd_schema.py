@@ -116,7 +116,7 @@ def test_cel_rules_present(schema):
 
 def test_printer_columns_point_into_the_schema(version, schema):
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Ready", "Progress", "Val-AUC", "Restarts", "Age"]
+    assert list(columns) == ["Phase", "Ready", "Progress", "Val-AUC", "Restarts", "Queue", "Age"]
     for col in columns.values():
         assert col.get("description")
         path = col["jsonPath"]

@@ -19,8 +19,8 @@ def test_the_registry_holds_every_handler_with_the_settings_intervals():
     registry = build_registry(cfg)
     activities = ids(registry._activities.get_all_handlers())
     assert activities == ["close_storages", "configure", "configure_studies", "login_via_client", "shutdown"]
-    assert ids(registry._indexing.get_all_handlers()) == ["trainer_pods", "trainingjobs"]
-    assert ids(registry._watching.get_all_handlers()) == ["job_event", "pod_event"]
+    assert ids(registry._indexing.get_all_handlers()) == ["kueue_workloads", "trainer_pods", "trainingjobs"]
+    assert ids(registry._watching.get_all_handlers()) == ["job_event", "pod_event", "workload_event"]
     assert ids(registry._changing.get_all_handlers()) == [
         "check_study_spec",
         "check_study_spec",

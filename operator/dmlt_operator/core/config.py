@@ -195,6 +195,13 @@ class OperatorConfig:
     """Seconds to wait for the database when connecting [DMLT_STORAGE_CONNECT_TIMEOUT_SECONDS]."""
     mlflow_timeout_s: float = 10.0
     """Timeout of each MLflow REST call [DMLT_MLFLOW_TIMEOUT_SECONDS]."""
+    require_queue_name: bool = False
+    """Refuse (fail with InvalidSpec) new TrainingJobs that name no Kueue LocalQueue in the
+    namespaces labelled `queue_namespace_label`, as Kueue's manageJobsWithoutQueueName does for
+    its jobs [DMLT_REQUIRE_QUEUE_NAME]."""
+    queue_namespace_label: str = "dmlt.io/kueue-managed=true"
+    """`key=value` marking the namespaces where require_queue_name applies; empty: every
+    namespace [DMLT_QUEUE_NAMESPACE_LABEL]."""
     leader_election: LeaderElectionConfig = LeaderElectionConfig()
     """Which replica acts when several run [DMLT_LEADER_ELECTION, DMLT_LEASE_*]."""
     progress: ProgressConfig = ProgressConfig()
@@ -226,6 +233,8 @@ class OperatorConfig:
             storage_pool_size=_int(env, "DMLT_STORAGE_POOL_SIZE", 2, 1),
             storage_connect_timeout_s=_int(env, "DMLT_STORAGE_CONNECT_TIMEOUT_SECONDS", 10, 1),
             mlflow_timeout_s=_float(env, "DMLT_MLFLOW_TIMEOUT_SECONDS", 10.0, 0.1),
+            require_queue_name=_bool(env, "DMLT_REQUIRE_QUEUE_NAME", False),
+            queue_namespace_label=env.get("DMLT_QUEUE_NAMESPACE_LABEL", "dmlt.io/kueue-managed=true").strip(),
             leader_election=LeaderElectionConfig.from_env(env),
             progress=ProgressConfig.from_env(env),
         )

@@ -23,6 +23,10 @@ from dmlt_operator.core.leader import LeaseRecord, lease_body, lease_record
 from dmlt_operator.core.objects import GROUP, JOB_PLURAL, VERSION
 from dmlt_operator.core.ratelimit import TokenBucket, retry_after_seconds
 
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
+"""Kueue's Workloads (trainingjob/queueing.py builds them)."""
+
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = (5, 30)
@@ -52,7 +56,21 @@ class EventSink(Protocol):
     def post_event(self, body: Any, type_: str, reason: str, message: str) -> None: ...
 
 
-class TrainingJobKube(EventSink, Protocol):
+class KueueKube(Protocol):
+    """Kueue's side of a queued TrainingJob: its Workload, the cluster-scoped objects admission
+    names, and the namespace's labels (for requireQueueName)."""
+
+    def create_workload(self, workload: dict[str, Any]) -> bool: ...
+    def patch_workload(
+        self, namespace: str, name: str, patch: dict[str, Any], status: bool = False
+    ) -> bool: ...
+    def read_cluster_object(
+        self, group: str, version: str, plural: str, name: str
+    ) -> dict[str, Any] | None: ...
+    def read_namespace_labels(self, name: str) -> dict[str, str]: ...
+
+
+class TrainingJobKube(EventSink, KueueKube, Protocol):
     """The calls the TrainingJob handlers make (Kube makes them; unit tests fake them)."""
 
     def create_pod(self, pod: dict[str, Any]) -> bool: ...
@@ -205,6 +223,57 @@ class Kube:
             return base64.b64decode(raw).decode("utf-8").strip()
         except (binascii.Error, UnicodeDecodeError):
             return None
+
+    # ---- Kueue
+
+    def create_workload(self, workload: dict[str, Any]) -> bool:
+        """Create the job's Kueue Workload; False if one of that name already exists."""
+        meta = workload["metadata"]
+        group, version = workload["apiVersion"].split("/")
+        try:
+            self._write(
+                self.custom.create_namespaced_custom_object,
+                group, version, meta["namespace"], "workloads", workload,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def patch_workload(self, namespace: str, name: str, patch: dict[str, Any], status: bool = False) -> bool:
+        """Merge-patch the Workload (or its /status); False when it is gone or changed since
+        the resourceVersion the patch carries (its watch event brings the new version)."""
+        call = (
+            self.custom.patch_namespaced_custom_object_status
+            if status
+            else self.custom.patch_namespaced_custom_object
+        )
+        try:
+            self._write(
+                call, KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, patch,
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def read_cluster_object(self, group: str, version: str, plural: str, name: str) -> dict[str, Any] | None:
+        """A cluster-scoped custom object (a ResourceFlavor, a WorkloadPriorityClass); None if absent."""
+        try:
+            return self.custom.get_cluster_custom_object(
+                group, version, plural, name, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def read_namespace_labels(self, name: str) -> dict[str, str]:
+        namespace = self.core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT)
+        return dict(namespace.metadata.labels or {})
 
     # ---- the job itself
 

@@ -33,8 +33,11 @@ from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
 from dmlt_operator.core.kube import StaleRead, TrainingJobKube
 from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, VERSION, managed_labels
 from dmlt_operator.core.workqueue import GONE, Requeue, WorkQueue, start_workers, stop_workers
+from dmlt_operator.trainingjob import admission as ad
 from dmlt_operator.trainingjob import build as res
+from dmlt_operator.trainingjob import kueue_io as kq
 from dmlt_operator.trainingjob import plan as rc
+from dmlt_operator.trainingjob import queueing as qu
 from dmlt_operator.trainingjob.pods import PodSummary, summarize_pod
 from dmlt_operator.trainingjob.progress import TrainerReport, parse_trainer_log
 from dmlt_operator.trainingjob.spec import SpecError, TrainingJobSpec, check_job_name, parse_spec
@@ -66,6 +69,14 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     kopf.index(GROUP, VERSION, JOB_PLURAL, registry=registry)(trainingjobs)
     kopf.on.event("v1", "pods", labels=pod_labels, registry=registry)(pod_event)
     kopf.on.event(GROUP, VERSION, JOB_PLURAL, registry=registry)(job_event)
+    # Kueue's Workloads of queued jobs. Without Kueue (no such CRD) kopf only warns that the
+    # resource is unresolved and serves the rest; it starts watching if the CRD appears later.
+    kopf.index(qu.KUEUE_GROUP, qu.KUEUE_VERSION, qu.WORKLOAD_PLURAL, labels=pod_labels, registry=registry)(
+        kueue_workloads
+    )
+    kopf.on.event(qu.KUEUE_GROUP, qu.KUEUE_VERSION, qu.WORKLOAD_PLURAL, labels=pod_labels, registry=registry)(
+        workload_event
+    )
 
 
 @dataclass(slots=True)
@@ -83,6 +94,9 @@ class JobQueue:
     workers: int = 1
     expected: dict[JobKey, tuple[frozenset[str], float]] = field(default_factory=dict)
     """key → (the Pods its last run created, until when to wait for them to be seen)."""
+    workloads: Any = field(default_factory=dict)
+    """The Kueue Workloads index (empty without Kueue)."""
+    flavors: kq.FlavorCache = field(default_factory=kq.FlavorCache)
 
     def mark(self, key: JobKey, memo: kopf.Memo, urgent: bool = False, after: float = 0.0) -> None:
         """Queue `key` in `after` seconds (`urgent`: before the plain marks). The first mark
@@ -132,6 +146,11 @@ class JobQueue:
             del self.written[key]
         return body, list(self.pods.get(key, []))
 
+    def workload(self, key: JobKey, body: Mapping[str, Any]) -> kq.WorkloadSeen:
+        """The job's Kueue Workload as of now (on the event loop, like snapshot)."""
+        uid = (body.get("metadata") or {}).get("uid") or ""
+        return kq.workload_of(uid, list(self.workloads.get(key, [])), self.workloads.values())
+
 
 def _version(body: Mapping[str, Any]) -> str | None:
     return (body.get("metadata") or {}).get("resourceVersion")
@@ -143,6 +162,7 @@ async def configure(
     logger: Any,
     trainingjobs: kopf.Index,
     trainer_pods: kopf.Index,
+    kueue_workloads: kopf.Index,
     **_: Any,
 ) -> None:
     """Operator settings, the clients, and the TrainingJob workers."""
@@ -152,6 +172,7 @@ async def configure(
         WorkQueue(cfg.reconcile_interval_s), trainingjobs, trainer_pods, settings.execution.executor
     )
     jq.workers = cfg.workers
+    jq.workloads = kueue_workloads
     memo.job_queue = jq
     logger.info("dmlt operator configured: %s", cfg)
 
@@ -174,6 +195,18 @@ async def trainer_pods(namespace: str, labels: Any, body: Any, **_: Any) -> dict
 async def trainingjobs(namespace: str, name: str, body: Any, **_: Any) -> dict[Any, Any]:
     """(namespace, name) → the job as last seen (a plain dict of the watch event's object)."""
     return {(namespace, name): dict(body)}
+
+
+async def kueue_workloads(namespace: str, labels: Any, body: Any, **_: Any) -> dict[Any, Any]:
+    """(namespace, job name) → that job's Workloads (a plain dict of each)."""
+    return {(namespace, labels[res.LABEL_JOB]): dict(body)}
+
+
+async def workload_event(namespace: str, labels: Any, memo: kopf.Memo, **_: Any) -> None:
+    """Any change of a job's Workload (admitted, evicted, …) wakes the job."""
+    jq: JobQueue | None = memo.get("job_queue")
+    if jq is not None:
+        jq.mark((namespace, labels[res.LABEL_JOB]), memo)
 
 
 async def job_event(namespace: str, name: str, body: Any, memo: kopf.Memo, **_: Any) -> None:
@@ -203,8 +236,9 @@ async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
         PHASE_TRACKER.forget(*key)
         return GONE
     body, pods = seen
+    workload = jq.workload(key, body)
     context = contextvars.copy_context()  # kopf's event poster and our step marker
-    call = functools.partial(sync_job, body, pods, memo, log)
+    call = functools.partial(sync_job, body, pods, memo, log, workload)
     outcome = await loop.run_in_executor(jq.executor, context.run, call)
     jq.expect(key, outcome.created, loop.time())
     if outcome.written is not None:
@@ -241,14 +275,22 @@ class Outcome:
     """The Pods this run created (the queue waits to see them before the next plan)."""
 
 
-def sync_job(body: dict[str, Any], pods: list[PodSummary], memo: kopf.Memo, logger: Any) -> Outcome:
+def sync_job(
+    body: dict[str, Any],
+    pods: list[PodSummary],
+    memo: kopf.Memo,
+    logger: Any,
+    workload: kq.WorkloadSeen | None = None,
+) -> Outcome:
     """One reconcile of one job (in a worker thread): plan and act, then write the status if
     it changed. A failure is reported on the job (status message, Event, metric), not raised."""
     status_patch: dict[str, Any] = {}
     subject = core.Subject(JOB_KIND, memo.kube, body, dict(body.get("status") or {}), status_patch)
     try:
         wake = core.run_reported(
-            lambda: reconcile_job(body, pods, status_patch, memo, logger), RECONCILE_METRICS, subject
+            lambda: reconcile_job(body, pods, status_patch, memo, logger, workload),
+            RECONCILE_METRICS,
+            subject,
         )
         error = None
     except core.ReconcileFailed as exc:
@@ -304,6 +346,7 @@ def reconcile_job(
     status_patch: dict[str, Any],
     memo: kopf.Memo,
     logger: Any,
+    workload: kq.WorkloadSeen | None = None,
 ) -> Wake:
     """Plan the job from its last status and its Pods, make the plan happen, and put the status
     changes in `status_patch`; when to look at the job again."""
@@ -317,7 +360,9 @@ def reconcile_job(
     try:
         check_job_name(job.name)
         job_spec = parse_spec(dict(body.get("spec") or {}))
-    except SpecError as exc:
+        at_step("check queue")
+        queue = kq.queue_input(kube, cfg, _flavors(memo), body, job_spec, workload)
+    except (SpecError, qu.QueueError) as exc:
         fail_job(kube, body, job, old_status, str(exc), now, status_patch)
         return Wake()
 
@@ -325,7 +370,10 @@ def reconcile_job(
     logs = rc.logs_to_read(old_status, pods, job.uid, enabled=not cfg.progress.enabled)
     reports = read_reports(kube, cfg, job.namespace, logs, logger)
     at_step("plan")
-    plan = rc.plan(job, job_spec, old_status, pods, reports, now)
+    plan = rc.plan(job, job_spec, old_status, pods, reports, now, queue)
+    if queue is not None:
+        at_step("write workload")
+        kq.apply_workload_plan(kube, job, plan)
     subject = core.Subject(JOB_KIND, kube, body, old_status, status_patch)
     made = apply_plan(plan, subject, job, job_spec, pods, cfg, logger)
     invalid = made.invalid_message("the job's Service and Pods")
@@ -385,6 +433,17 @@ def remove_pods(kube: TrainingJobKube, job: res.JobRef, pods: list[PodSummary], 
         kube.delete_pod(job.namespace, pod_name, known.get(pod_name))
 
 
+def _flavors(memo: kopf.Memo) -> kq.FlavorCache:
+    jq: JobQueue | None = memo.get("job_queue")
+    return jq.flavors if jq is not None else kq.FlavorCache()
+
+
+def rank_pod(plan: rc.Plan, job: res.JobRef, job_spec: Any, rank: int, cfg: OperatorConfig) -> dict[str, Any]:
+    """A rank's Pod, with Kueue's placement when the job was admitted through a queue."""
+    pod = res.build_rank_pod(job, job_spec, rank, plan.status["attempt"], cfg)
+    return ad.apply_placement(pod, plan.placement) if plan.placement is not None else pod
+
+
 def apply_plan(
     plan: rc.Plan,
     subject: core.Subject,
@@ -410,7 +469,7 @@ def apply_plan(
     made = core.Creations(refused=service.refused, invalid=service.invalid)
     for rank in plan.create_ranks:
         if not made.invalid:
-            made.create(kube.create_pod, res.build_rank_pod(job, job_spec, rank, attempt, cfg))
+            made.create(kube.create_pod, rank_pod(plan, job, job_spec, rank, cfg))
     if made.invalid:
         return made
     made.report_refused(subject, plan.status, "Pods", "FailedCreatePod")

@@ -40,7 +40,9 @@ from dmlt_operator.core.conditions import (
     parse_time,
 )
 from dmlt_operator.core.plan import Event, StatusBuilder
+from dmlt_operator.trainingjob import admission as ad
 from dmlt_operator.trainingjob import pods as pd
+from dmlt_operator.trainingjob import queueing as qu
 from dmlt_operator.trainingjob.build import JobRef, pod_name
 from dmlt_operator.trainingjob.progress import TrainerReport, progress_of
 from dmlt_operator.trainingjob.spec import TrainingJobSpec
@@ -51,6 +53,8 @@ PHASES = (PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
 
 COND_RESTARTING = "Restarting"
 COND_SUSPENDED = "Suspended"
+REASON_EVICTED = "EvictedByKueue"
+"""The Suspended condition's reason when Kueue took the quota back (not runPolicy.suspend)."""
 
 RESULT_REASONS = {"completed": "Completed", "early_stopped": "EarlyStopped", "pruned": "Pruned"}
 
@@ -71,6 +75,7 @@ MANAGED_STATUS = ManagedStatus(
             "result",
             "conditions",
             "message",
+            "queue",
         }
     )
 )
@@ -86,6 +91,35 @@ class Plan:
     delete_pods: list[str] = field(default_factory=list)
     delete_job: bool = False
     events: list[Event] = field(default_factory=list)
+    create_workload: dict[str, Any] | None = None
+    """The Kueue Workload to create for a queued job (queueing.build_workload)."""
+    workload_status: dict[str, Any] | None = None
+    """A merge patch of the Workload's /status (release the quota, or Finished)."""
+    workload_patch: dict[str, Any] | None = None
+    """A merge patch of the Workload itself (spec.active, for runPolicy.suspend)."""
+    placement: ad.Placement | None = None
+    """What Kueue's admission adds to every rank Pod created (admission.apply_placement)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInput:
+    """What one tick sees of a queued job's Kueue side (None in plan(): not queued)."""
+
+    name: str
+    """The LocalQueue the job names."""
+    workload: Mapping[str, Any] | None = None
+    """The job's Workload as read (None: not created yet, or not seen yet)."""
+    flavors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The ResourceFlavors its admission names, by name."""
+    priority: qu.Priority | None = None
+    """The resolved priority class (for a Workload to create)."""
+    preemptor: str | None = None
+    """namespace/name of the Workload that preempted it, when resolved."""
+    position: ad.QueuePosition | None = None
+
+    @property
+    def view(self) -> ad.WorkloadView | None:
+        return ad.parse_workload(self.workload) if self.workload is not None else None
 
 
 class JobBuilder(StatusBuilder[Plan]):
@@ -264,7 +298,7 @@ def plan_suspended(b: JobBuilder, o: Observed) -> Plan | None:
         _ranks_reset(b, o, s["attempt"])
         b.plan.delete_pods = sorted(p.name for p in o.own if not p.deleting)
         return b.finish(SUSPENDED, "Job is suspended")
-    if b.old_phase == SUSPENDED:
+    if b.old_phase == SUSPENDED and not evicted_by_kueue(b):
         b.event("Normal", "Resumed", "Job resumed: recreating its Pods from the last checkpoint")
         b.cond(COND_SUSPENDED, False, "JobResumed", "spec.runPolicy.suspend is false")
         s.pop("startTime", None)
@@ -369,6 +403,119 @@ def plan_progress(b: JobBuilder, o: Observed) -> Plan:
     return b.finish(RUNNING if old_phase == RUNNING else waiting_phase, waiting_message(o, states))
 
 
+def evicted_by_kueue(b: JobBuilder) -> bool:
+    """Is the job suspended because Kueue evicted it (not by runPolicy.suspend)?"""
+    if b.old_phase != SUSPENDED:
+        return False
+    cond = next((c for c in b.old.get("conditions") or [] if c.get("type") == COND_SUSPENDED), {})
+    return cond.get("status") == "True" and cond.get("reason") == REASON_EVICTED
+
+
+def plan_queue(b: JobBuilder, o: Observed, q: QueueInput) -> Plan | None:
+    """A queued job's admission (admission.next_step): no Pods until Kueue admits the whole
+    gang; stop the gang when Kueue evicts it; fall through (None) once admitted."""
+    view = q.view
+    step = ad.next_step(view, bool(o.own))
+    b.status["queue"] = ad.queue_status(view, q.name, q.position)
+    if step is ad.Step.CREATE_WORKLOAD:
+        b.plan.create_workload = qu.build_workload(o.job, o.spec, q.name, q.priority)
+        b.event("Normal", "Queued", f"Waiting for admission in LocalQueue {q.name}")
+        return _queued(b, b.status["queue"]["message"])
+    if step is ad.Step.SUSPEND:
+        return _kueue_suspend(b, o, view, q.preemptor)
+    if step in (ad.Step.WAIT, ad.Step.RELEASE):
+        return _queued(b, b.status["queue"].get("message") or "Waiting for Kueue")
+    if step is ad.Step.RUN and view is not None:
+        return _admitted(b, o, view, q)
+    return None
+
+
+def _queued(b: JobBuilder, message: str) -> Plan:
+    """No Pods while queued: Pending, or still Suspended when queued again after an eviction."""
+    return b.finish(SUSPENDED if evicted_by_kueue(b) else PENDING, message)
+
+
+def _kueue_suspend(b: JobBuilder, o: Observed, view: ad.WorkloadView | None, preemptor: str | None) -> Plan:
+    """Kueue took the quota back: suspend as runPolicy.suspend does (a new attempt, no restart
+    counted, Pods deleted, the checkpoint kept, the deadline clock stopped)."""
+    s = b.status
+    if evicted_by_kueue(b):
+        message = b.old.get("message") or "Evicted by Kueue"
+    else:
+        s["attempt"] += 1
+        eviction = view.eviction if view is not None else None
+        if eviction is not None:
+            message = ad.eviction_event(eviction, preemptor)
+            reason = "Preempted" if eviction.preempted else "Evicted"
+        else:
+            message, reason = "Kueue no longer admits the job; Pods deleted, checkpoint kept", "Evicted"
+        b.event("Normal", reason, message)
+        b.cond(COND_SUSPENDED, True, REASON_EVICTED, message)
+        b.clear(COND_RUNNING, REASON_EVICTED, message)
+        b.clear(COND_RESTARTING, REASON_EVICTED, message)
+    s.pop("startTime", None)
+    _ranks_reset(b, o, s["attempt"])
+    b.plan.delete_pods = sorted(p.name for p in o.own if not p.deleting)
+    return b.finish(SUSPENDED, message)
+
+
+def _admitted(b: JobBuilder, o: Observed, view: ad.WorkloadView, q: QueueInput) -> Plan | None:
+    """Admitted: the Pods get Kueue's placement; after an eviction the job resumes from its
+    checkpoint (a new attempt started at the suspension)."""
+    try:
+        b.plan.placement = ad.placement(view, q.flavors, o.spec.node_selector)
+    except ad.PlacementConflict as exc:
+        return _fail(b, o, "PlacementConflict", f"Kueue's placement contradicts the job: {exc}")
+    if (b.old.get("queue") or {}).get("state") != "Admitted":
+        b.event("Normal", "Admitted", f"Admitted by ClusterQueue {view.cluster_queue}")
+    if evicted_by_kueue(b):
+        epoch = (b.status.get("progress") or {}).get("epoch")
+        where = f"epoch {epoch}" if epoch is not None else "the start (no epoch reported yet)"
+        b.event("Normal", "Resumed", f"Resumed at {where}: recreating its Pods from the last checkpoint")
+        b.cond(COND_SUSPENDED, False, "Admitted", "Kueue admitted the job again")
+        b.status.pop("startTime", None)
+    return None
+
+
+def workload_upkeep(p: Plan, b: JobBuilder, o: Observed, q: QueueInput) -> None:
+    """The Workload's side of any plan: Finished when the job ends, spec.active following
+    runPolicy.suspend, and the quota given back once an evicted gang's Pods are gone."""
+    view = q.view
+    if view is None or q.workload is None or view.finished:
+        return
+    phase = p.status.get("phase")
+    if phase in TERMINAL:
+        p.workload_status = qu.finished_status(
+            q.workload, phase == SUCCEEDED, p.status.get("message") or str(phase), b.now
+        )
+        return
+    if view.active == o.spec.run_policy.suspend:
+        p.workload_patch = qu.active_patch(not o.spec.run_policy.suspend)
+    if view.eviction is not None and view.quota_reserved and not o.own:
+        p.workload_status = qu.release_quota_status(q.workload, b.now)
+    elif view.admitted and p.status.get("ready") == f"{o.spec.replicas}/{o.spec.replicas}":
+        if not _workload_condition(q.workload, qu.COND_PODS_READY):
+            # for Kueue's waitForPodsReady (else it evicts the gang after its timeout)
+            p.workload_status = qu.pods_ready_status(q.workload, True, b.now)
+
+
+def _workload_condition(workload: Mapping[str, Any], type_: str) -> bool:
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conditions)
+
+
+def _decide(b: JobBuilder, o: Observed, queue: QueueInput | None) -> Plan:
+    for step in (plan_finished, plan_suspended):
+        decided = step(b, o)
+        if decided is not None:
+            return decided
+    if queue is not None:
+        decided = plan_queue(b, o, queue)
+        if decided is not None:
+            return decided
+    return plan_failures(b, o) or plan_progress(b, o)
+
+
 def plan(
     job: JobRef,
     spec: TrainingJobSpec,
@@ -376,15 +523,16 @@ def plan(
     pods: Sequence[pd.PodSummary],
     reports: Mapping[str, TrainerReport],
     now: datetime,
+    queue: QueueInput | None = None,
 ) -> Plan:
-    """Decide the job's next status and actions from what is observed now."""
+    """Decide the job's next status and actions from what is observed now; `queue`: the Kueue
+    side of a job that names a LocalQueue (None: not queued, no admission step)."""
     b = JobBuilder(job, dict(status or {}), now, MANAGED_STATUS, Plan)
     o = observe(b, spec, pods, reports)
-    for step in (plan_finished, plan_suspended, plan_failures):
-        decided = step(b, o)
-        if decided is not None:
-            return decided
-    return plan_progress(b, o)
+    decided = _decide(b, o, queue)
+    if queue is not None:
+        workload_upkeep(decided, b, o, queue)
+    return decided
 
 
 def _apply_reports(s: dict[str, Any], job: JobRef, reports: Mapping[str, TrainerReport]) -> None:
