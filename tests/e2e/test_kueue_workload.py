@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,9 +30,9 @@ from dmlt_operator.trainingjob import queueing as q
 from dmlt_operator.trainingjob.build import JobRef
 from dmlt_operator.trainingjob.spec import parse_spec
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from tests.helpers.kube import apply_crd, raw_get
+from tests.helpers.kueue import cluster_queue, kueue_api
 from tests.helpers.names import CRD_FILE, GROUP, PLURAL, VERSION
 from tests.helpers.waiting import wait_for
 
@@ -44,78 +43,19 @@ ADMIT_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def kueue(api_client: client.ApiClient) -> client.CustomObjectsApi:
-    try:
-        raw_get(api_client, f"/apis/{q.KUEUE_GROUP}/{q.KUEUE_VERSION}")
-    except ApiException as exc:
-        if exc.status == 404:
-            pytest.fail(
-                "Kueue is not installed on this cluster: hack/test.sh's local cluster has it "
-                "(`DMLT_KUEUE=1 hack/cluster.sh up`); on another cluster install Kueue v0.17+",
-                pytrace=False,
-            )
-        raise
-    return client.CustomObjectsApi(api_client)
+    return kueue_api(api_client)
 
 
 @pytest.fixture(scope="module")
 def queues(
     kueue: client.CustomObjectsApi, api_client: client.ApiClient, namespace: str
 ) -> Iterator[dict[str, str]]:
-    """A ResourceFlavor with a node label and a toleration, a ClusterQueue with 1 CPU that
-    preempts lower priorities (and 1 GiB: a ClusterQueue must cover every resource a Workload
-    requests, else Kueue answers "resource memory unavailable in ClusterQueue"), a LocalQueue in
-    the test namespace, two WorkloadPriorityClasses."""
+    """The shared ClusterQueue of 1 CPU (tests/helpers/kueue.py), whose flavor also gives the
+    Pods a toleration, so that the placement has both parts to check."""
     apply_crd(api_client, CRD_FILE)  # the Workloads' owner, a TrainingJob, must exist
-    tag = uuid.uuid4().hex[:6]
-    names = {
-        "flavor": f"e2e-{tag}",
-        "cq": f"e2e-{tag}",
-        "lq": "team",
-        "low": f"e2e-low-{tag}",
-        "high": f"e2e-high-{tag}",
-    }
-    g, v = q.KUEUE_GROUP, q.KUEUE_VERSION
-    cluster_objects = [
-        ("resourceflavors", {
-            "metadata": {"name": names["flavor"]},
-            "spec": {
-                "nodeLabels": {"kubernetes.io/os": "linux"},
-                "tolerations": [{"key": "dmlt.io/e2e", "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        }),
-        ("clusterqueues", {
-            "metadata": {"name": names["cq"]},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                "preemption": {"withinClusterQueue": "LowerPriority"},
-                "resourceGroups": [{
-                    # every resource a Workload requests must be covered, memory too
-                    "coveredResources": ["cpu", "memory"],
-                    "flavors": [{"name": names["flavor"], "resources": [
-                        {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "1Gi"}]}],
-                }],
-            },
-        }),
-        ("workloadpriorityclasses", {"metadata": {"name": names["low"]}, "value": 10}),
-        ("workloadpriorityclasses", {"metadata": {"name": names["high"]}, "value": 1000}),
-    ]  # fmt: skip
-    for plural, body in cluster_objects:
-        kind = {"resourceflavors": "ResourceFlavor", "clusterqueues": "ClusterQueue"}.get(
-            plural, "WorkloadPriorityClass"
-        )
-        kueue.create_cluster_custom_object(g, v, plural, {"apiVersion": f"{g}/{v}", "kind": kind, **body})
-    kueue.create_namespaced_custom_object(
-        g, v, namespace, "localqueues",
-        {"apiVersion": f"{g}/{v}", "kind": "LocalQueue", "metadata": {"name": names["lq"]},
-         "spec": {"clusterQueue": names["cq"]}},
-    )  # fmt: skip
-    yield names
-    for plural, body in reversed(cluster_objects):
-        try:
-            kueue.delete_cluster_custom_object(g, v, plural, body["metadata"]["name"])
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    toleration = {"key": "dmlt.io/e2e", "operator": "Exists", "effect": "NoSchedule"}
+    with cluster_queue(kueue, namespace, cpu="1", tolerations=(toleration,)) as names:
+        yield names
 
 
 def training_job(name: str, namespace: str, replicas: int = 1) -> dict[str, Any]:

@@ -31,8 +31,11 @@ def kueue_api(api_client: client.ApiClient) -> client.CustomObjectsApi:
 
 
 @contextmanager
-def cluster_queue(kueue: client.CustomObjectsApi, namespace: str, cpu: str) -> Iterator[dict[str, str]]:
-    """A ResourceFlavor (node label kubernetes.io/os=linux, which every node has), a ClusterQueue
+def cluster_queue(
+    kueue: client.CustomObjectsApi, namespace: str, cpu: str, tolerations: tuple[dict, ...] = ()
+) -> Iterator[dict[str, str]]:
+    """A ResourceFlavor (node label kubernetes.io/os=linux, which every node has, and
+    `tolerations` for the Pods it admits), a ClusterQueue
     of `cpu` CPUs (and memory: Kueue needs every requested resource covered) that preempts lower
     priorities, the LocalQueue `team` in `namespace`, two WorkloadPriorityClasses; their names.
     The cluster-scoped ones are deleted afterwards."""
@@ -46,7 +49,8 @@ def cluster_queue(kueue: client.CustomObjectsApi, namespace: str, cpu: str) -> I
     }
     objects = [
         ("resourceflavors", "ResourceFlavor", {
-            "metadata": {"name": names["flavor"]}, "spec": {"nodeLabels": {"kubernetes.io/os": "linux"}},
+            "metadata": {"name": names["flavor"]},
+            "spec": {"nodeLabels": {"kubernetes.io/os": "linux"}, "tolerations": list(tolerations)},
         }),
         ("clusterqueues", "ClusterQueue", {
             "metadata": {"name": names["cq"]},
