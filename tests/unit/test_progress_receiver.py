@@ -22,8 +22,8 @@ KEY = ps.JobKey("ns", "ddp", "uid-1")
 POD_EXTRA = ps.POD_NAME_EXTRA
 
 
-def jwt(exp: float | None = None, tag: str = "") -> str:
-    claims = {"sub": tag} | ({"exp": exp} if exp is not None else {})
+def jwt(exp: float | None = None, tag: str = "", aud: str | None = None) -> str:
+    claims = {"sub": tag} | ({"exp": exp} if exp is not None else {}) | ({"aud": [aud]} if aud else {})
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
     return f"e30.{payload}.sig"
 
@@ -40,7 +40,9 @@ class FakeProgressKube:
         self.lock = threading.Lock()
 
     def issue(self, audience: str, pod: str, namespace: str = "ns", exp: float | None = None) -> str:
-        token = jwt(exp, f"{audience}|{pod}|{len(self.tokens)}")
+        # Kubernetes puts the audience and an expiry in every token it issues.
+        exp = time.time() + 3600 if exp is None else exp
+        token = jwt(exp, f"{audience}|{pod}|{len(self.tokens)}", audience)
         self.tokens[token] = (audience, pod, namespace)
         return token
 
@@ -96,18 +98,21 @@ def test_the_verifier_accepts_only_this_jobs_rank0_token():
     verifier = ps.TokenVerifier(kube)
     good = kube.issue(KEY.audience, "ddp-0")
     assert verifier.check(good, KEY) is None
-    # Another job's audience (or this job's name with another uid): not authenticated for ours.
-    assert "not authenticated" in verifier.check(
-        kube.issue(progress_audience("ns", "other", "u2"), "other-0"), KEY
-    )
-    assert "not authenticated" in verifier.check(
-        kube.issue(progress_audience("ns", "ddp", "old"), "ddp-0"), KEY
-    )
+    # Another job's audience (or this job's name with another uid): turned away on its face,
+    # and, claiming ours, not authenticated for it by the apiserver.
+    assert "audience" in verifier.check(kube.issue(progress_audience("ns", "other", "u2"), "other-0"), KEY)
+    assert "audience" in verifier.check(kube.issue(progress_audience("ns", "ddp", "old"), "ddp-0"), KEY)
+    forged = jwt(time.time() + 60, "forged", KEY.audience)
+    assert "not authenticated" in verifier.check(forged, KEY)
+
     # The right audience, but bound to another Pod, or a ServiceAccount of another namespace.
     assert "rank 0 Pod" in verifier.check(kube.issue(KEY.audience, "ddp-1"), KEY)
     assert "rank 0 Pod" in verifier.check(kube.issue(KEY.audience, "ddpx-0"), KEY)
     assert "namespace" in verifier.check(kube.issue(KEY.audience, "ddp-0", namespace="elsewhere"), KEY)
-    assert "not authenticated" in verifier.check("garbage", KEY)
+    reviews = len(kube.reviews)
+    assert "expired" in verifier.check(jwt(time.time() - 1, "old", KEY.audience), KEY)
+    assert "audience" in verifier.check("garbage", KEY)
+    assert len(kube.reviews) == reviews  # neither cost a TokenReview
 
 
 def test_refusal_requires_the_audience_in_the_answer():
@@ -132,11 +137,12 @@ def test_verdicts_are_cached_by_token_until_expiry_at_most_ten_minutes():
     verifier.check(short, KEY)
     assert len(kube.reviews) == 4
     # A refusal is remembered briefly, then asked again.
-    verifier.check("garbage", KEY)
-    verifier.check("garbage", KEY)
+    forged = jwt(wall() + 3600, "forged", KEY.audience)
+    verifier.check(forged, KEY)
+    verifier.check(forged, KEY)
     assert len(kube.reviews) == 5
     clock.t += ps.NEGATIVE_TTL_S + 1
-    verifier.check("garbage", KEY)
+    verifier.check(forged, KEY)
     assert len(kube.reviews) == 6
 
 
@@ -229,7 +235,8 @@ def test_the_receiver_answers():
         def review_token(self, token, audience):
             raise ConnectionError("apiserver down")
 
-    assert ps.Receiver(ps.TokenVerifier(Down()), receiver.writer).handle(path, "Bearer x", b"").code == 503
+    down = ps.Receiver(ps.TokenVerifier(Down()), receiver.writer)
+    assert down.handle(path, f"Bearer {jwt(time.time() + 60, 'x', KEY.audience)}", b"").code == 503
 
 
 # --------------------------------------------------------------------------- over HTTPS

@@ -84,15 +84,35 @@ def parse_path(path: str) -> JobKey | None:
     return JobKey(match["ns"], match["job"], match["uid"]) if match else None
 
 
-def token_expiry(token: str) -> float | None:
-    """The JWT's `exp` (seconds since the epoch), read without verifying: only to bound the cache."""
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The JWT's claims, read without verifying (empty when it is no JWT): only to bound the
+    cache and to turn away, before any TokenReview, a token that cannot be for this job."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        exp = claims.get("exp")
-    except (IndexError, ValueError, AttributeError):
-        return None
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def token_expiry(token: str) -> float | None:
+    """The JWT's `exp` (seconds since the epoch), read without verifying: only to bound the cache."""
+    exp = unverified_claims(token).get("exp")
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def not_for(token: str, key: JobKey, now: float) -> str | None:
+    """Why the token cannot be for `key` on its face (audience, expiry), so that made-up tokens
+    cost no TokenReview; None when only the apiserver can tell."""
+    claims = unverified_claims(token)
+    audiences = claims.get("aud")
+    audiences = [audiences] if isinstance(audiences, str) else audiences
+    if not isinstance(audiences, list) or key.audience not in audiences:
+        return "token not for this job's audience"
+    exp = token_expiry(token)
+    if exp is None or exp <= now:
+        return "token expired"
+    return None
 
 
 def refusal(review: Review, key: JobKey) -> str | None:
@@ -132,6 +152,9 @@ class TokenVerifier:
             cached = self._cache.get(cache_key)
         if cached is not None and cached[0] > now:
             return cached[1]
+        on_its_face = not_for(token, key, self.wall())
+        if on_its_face is not None:
+            return on_its_face
         self.reviews += 1
         verdict = refusal(self.kube.review_token(token, key.audience), key)
         ttl = NEGATIVE_TTL_S if verdict else self._trust_for(token)
@@ -334,8 +357,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(self.server.receiver.handle(self.path, self.headers.get("Authorization"), body))
 
     def _answer(self, answer: Answer) -> None:
+        # One request per connection: a trainer pushes once an epoch, and no idle or half-read
+        # connection holds a thread.
+        self.close_connection = True
         data = json.dumps({"message": answer.message}).encode()
         self.send_response(answer.code)
+        self.send_header("Connection", "close")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
