@@ -24,20 +24,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.helpers.chart import Dmlt, installed_chart
-from tests.helpers.jobs import diagnose, job_events, job_manifest
+from tests.helpers.jobs import SMALL_TRAINER, diagnose, job_events, job_manifest
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 RELEASE = "dmlt-failures"
-TRAINER: dict[str, Any] = {
-    "dataset": "synthetic",
-    "nSamples": 5000,
-    "epochs": 2,
-    "batchSize": 256,
-    "hiddenDims": [16],
-    "extraArgs": ["--threads", "1"],
-}
 BURSTABLE = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1536Mi"}}
 WAIT_S = 300.0
 
@@ -50,7 +42,7 @@ def dmlt(api_client: client.ApiClient, namespace: str) -> Iterator[Dmlt]:
 
 
 def _job(name: str, resources: dict[str, Any]) -> dict[str, Any]:
-    return job_manifest(name, trainer=TRAINER, checkpoint={"emptyDir": {}}, resources=resources)
+    return job_manifest(name, trainer=SMALL_TRAINER, checkpoint={"emptyDir": {}}, resources=resources)
 
 
 def _status(dmlt: Dmlt, name: str) -> dict[str, Any]:

@@ -28,7 +28,14 @@ from dmlt_operator.trainingjob import queueing as q
 from kubernetes import client
 
 from tests.helpers.chart import Dmlt, installed_chart
-from tests.helpers.jobs import diagnose, epoch_numbers, finished_lines, job_events, job_manifest
+from tests.helpers.jobs import (
+    SMALL_TRAINER,
+    diagnose,
+    epoch_numbers,
+    finished_lines,
+    job_events,
+    job_manifest,
+)
 from tests.helpers.kube import pod_log
 from tests.helpers.kueue import cluster_queue, kueue_api
 from tests.helpers.names import GROUP, LABEL_JOB, PLURAL, VERSION
@@ -39,14 +46,6 @@ pytestmark = pytest.mark.e2e
 RELEASE = "dmlt-kueue"
 G, V = q.KUEUE_GROUP, q.KUEUE_VERSION
 ONE_CPU = {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"memory": "1536Mi"}}
-SMALL: dict[str, Any] = {
-    "dataset": "synthetic",
-    "nSamples": 5000,
-    "epochs": 2,
-    "batchSize": 256,
-    "hiddenDims": [16],
-    "extraArgs": ["--threads", "1"],
-}
 RESUMABLE: dict[str, Any] = {
     # a few seconds per epoch on one shared core: time to preempt it between epochs
     "dataset": "synthetic",
@@ -224,7 +223,7 @@ def test_quota_runs_the_jobs_one_at_a_time(dmlt: Dmlt, kueue, queues) -> None:
     names = [f"quota-{i}" for i in range(3)]
     with Monitor(kueue, dmlt.namespace, queues["cq"]) as m:
         for name in names:
-            dmlt.create_job(queued_job(name, SMALL))
+            dmlt.create_job(queued_job(name, SMALL_TRAINER))
         for name in names:
             _until_phase(dmlt, name, "Succeeded")
         time.sleep(1)
@@ -253,7 +252,7 @@ def test_quota_runs_the_jobs_one_at_a_time(dmlt: Dmlt, kueue, queues) -> None:
 @pytest.mark.timeout(600)
 def test_a_gang_that_does_not_fit_is_never_started_in_part(dmlt: Dmlt, kueue, queues) -> None:
     name = "gang"
-    dmlt.create_job(queued_job(name, SMALL, replicas=2))
+    dmlt.create_job(queued_job(name, SMALL_TRAINER, replicas=2))
     status = wait_for(
         lambda: (s := _status(dmlt, name)).get("queue", {}).get("state") == "Queued" and s,
         120,
@@ -302,7 +301,7 @@ def test_a_preempted_job_resumes_from_its_checkpoint_with_the_same_weights(dmlt:
         )
         assert reached < RESUMABLE["epochs"], f"{low} finished before it could be preempted"
         preempted_at = m.now()
-        dmlt.create_job(queued_job(high, SMALL, priority=queues["high"]))
+        dmlt.create_job(queued_job(high, SMALL_TRAINER, priority=queues["high"]))
         _until_phase(dmlt, high, "Succeeded")
         _until_phase(dmlt, low, "Succeeded")
         time.sleep(1)

@@ -29,6 +29,18 @@ if TYPE_CHECKING:
     from tests.helpers.chart import Dmlt
 
 
+SMALL_TRAINER: dict[str, Any] = {
+    "dataset": "synthetic",
+    "nSamples": 5000,
+    "epochs": 2,
+    "batchSize": 256,
+    "hiddenDims": [16],
+    "extraArgs": ["--threads", "1"],
+}
+"""A trainer block that finishes in seconds on one shared core (e2e jobs whose training is
+not what they test)."""
+
+
 def load_example() -> tuple[dict[str, Any], dict[str, Any]]:
     """examples/ddp.yaml: (its PersistentVolumeClaim, its TrainingJob)."""
     docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]

@@ -26,7 +26,7 @@ from dmlt_operator.core.kube import ProgressApi
 from dmlt_operator.trainingjob import progress_server as ps
 from dmlt_trainer.progress_push import ProgressPusher, https_sender
 
-from tests.helpers.apiserver import APISERVER_MARKS, NS, apply_job, get_job, wait_until
+from tests.helpers.apiserver import APISERVER_MARKS, NS, apply_job, get_job, job_gone, wait_until
 from tests.helpers.helm_binary import require_helm
 from tests.helpers.tls import make_tls
 
@@ -220,23 +220,13 @@ def test_a_job_recreated_under_its_name_is_not_written_by_the_old_ones_token(clu
     old_uid = create_job(cluster, "rj")
     token = pod_token(cluster, progress_audience(NS, "rj", old_uid), "rj-0", make_pod(cluster, "rj-0"))
     cluster["custom"].delete_namespaced_custom_object("dmlt.io", "v1alpha1", NS, "trainingjobs", "rj")
-    wait_until(lambda: _gone(cluster, "rj"), 20, "rj to be deleted")
+    wait_until(lambda: job_gone(cluster, "rj"), 20, "rj to be deleted")
     create_job(cluster, "rj")
     writes = running.writer.writes
     assert post(running, tls, progress_path(NS, "rj", old_uid), token, epoch(3)) == 202
     wait_until(lambda: running.writer.writes > writes, 10, "the write attempt")
     time.sleep(0.2)
     assert "progress" not in get_job(cluster, "rj").get("status", {})  # the uid precondition held
-
-
-def _gone(cluster, name: str) -> bool:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        get_job(cluster, name)
-    except ApiException as exc:
-        return exc.status == 404
-    return False
 
 
 def finished_message(rank: int) -> str:
