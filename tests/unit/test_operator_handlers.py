@@ -317,3 +317,65 @@ def test_a_job_waits_to_see_the_pods_it_created_before_planning_again():
     assert not jq.awaiting_pods(key, 1.0) and key not in jq.expected
     jq.expect(key, ("ddp-2",), now=0.0)
     assert not jq.awaiting_pods(key, handlers.EXPECTED_PODS_S)  # never seen: plan anyway
+
+
+# ---- fewer writes per starting job
+
+
+def test_a_job_creating_its_pods_is_announced_once_not_also_as_pending():
+    kube = FakeJobKube()
+    tick(body(), kube)
+    reasons = [r for _, r, _ in kube.events]
+    assert reasons == ["CreatedPods"]  # the Pending phase event would say the same again
+
+
+def test_a_pending_job_that_creates_nothing_still_announces_its_phase():
+    kube = FakeJobKube(existing={"ddp-0", "ddp-1"})
+    tick(body(), kube)
+    assert [r for _, r, _ in kube.events] == ["Pending"]
+
+
+def scheduled_pod(rank):
+    return pd.PodSummary(
+        name=f"ddp-{rank}", rank=rank, attempt=0, owner_uid="job-uid", uid=f"p{rank}",
+        phase="Pending", node="node-1",
+    )  # fmt: skip
+
+
+def held_sync(b, kube, pods, hold):
+    memo = kopf.Memo(config=OperatorConfig(default_tracking_uri="http://m:5000"), kube=kube)
+    return handlers.sync_job(b, list(pods), memo, LOG, None, hold)
+
+
+def test_rank_details_alone_wait_for_the_batch_but_a_new_phase_is_written_at_once():
+    kube = FakeJobKube()
+    sync(versioned(), kube)
+    status = kube.status_patches[-1][1]
+    scheduled = [scheduled_pod(0), scheduled_pod(1)]
+    held = held_sync(versioned(status, "42"), kube, scheduled, hold=1.5)
+    assert len(kube.status_patches) == 1 and held.written is None
+    assert held.requeue_after == 1.5  # looked at again when the batch is over
+    due = held_sync(versioned(status, "42"), kube, scheduled, hold=0.0)
+    assert due.written is not None and kube.status_patches[-1][1]["ranks"][0]["node"] == "node-1"
+    running = held_sync(versioned(status, "42"), kube, [running_pod(0), running_pod(1)], hold=1.5)
+    assert running.written is not None and kube.status_patches[-1][1]["phase"] == "Running"
+
+
+def test_only_details_tells_rank_details_from_news():
+    old = {"phase": "Pending", "ranks": [{"rank": 0, "state": "Absent"}], "message": "a"}
+    assert handlers.only_details(old, {"ranks": [{"rank": 0, "state": "Pending"}], "message": "b"})
+    assert not handlers.only_details(old, {"ranks": old["ranks"], "phase": "Running"})
+    assert not handlers.only_details(old, {"progress": {"epoch": 1}})
+    assert not handlers.only_details(old, {"message": "a"})  # no change at all
+
+
+def test_the_jobs_index_keeps_no_managed_fields_or_last_applied_manifest():
+    b = versioned()
+    b["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    b["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": "{...}", "team": "a",
+    }  # fmt: skip
+    ((key, kept),) = asyncio.run(handlers.trainingjobs(namespace="ns", name="ddp", body=b)).items()
+    assert key == ("ns", "ddp") and "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"team": "a"} and kept["spec"] == b["spec"]
+    assert "managedFields" in b["metadata"]  # the watch event's own object is left alone

@@ -19,6 +19,23 @@ MANAGED_BY = "dmlt-operator"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def lean(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain copy of an object without what only its writers need: managedFields and kubectl's
+    last-applied copy of the manifest. They are most of a small object's bytes, and an index
+    keeps one copy per object for as long as it exists."""
+    out = dict(body)
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    out["metadata"] = meta
+    return out
+
+
 def managed_labels(owner_label: str, owner: Any) -> dict[str, Any]:
     """The labels that mark the children of one dmlt object (`owner`: its name, or a selector
     value such as kopf.PRESENT)."""

@@ -31,7 +31,7 @@ from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
 from dmlt_operator.core.kube import StaleRead, TrainingJobKube
-from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, VERSION, managed_labels
+from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, VERSION, lean, managed_labels
 from dmlt_operator.core.workqueue import GONE, Requeue, WorkQueue, start_workers, stop_workers
 from dmlt_operator.trainingjob import admission as ad
 from dmlt_operator.trainingjob import build as res
@@ -49,6 +49,12 @@ POD_EVENTS_WINDOW_S = 0.2
 """A Pod's change wakes its job this much later, so that the few events of one transition (a
 Pod created, scheduled, started; its sibling rank alike) make one reconcile and one status
 write, not one each."""
+STATUS_BATCH_S = 2.0
+"""A status change that only details the ranks (a Pod scheduled, its container waiting, one
+rank of several running) is written at most this often per job; a new phase, condition or
+progress is written at once. Like the Job controller's pod-event batching, this makes a
+starting job's status two writes (Pending, then Running), not one per step of its Pods."""
+DETAIL_KEYS = frozenset({"ranks", "ready", "message"})
 EXPECTED_PODS_S = 5.0
 """How long a job waits for the Pods it created to show in the Pod watch before it plans
 without them (as the Kubernetes Job controller's expectations do)."""
@@ -92,6 +98,8 @@ class JobQueue:
     """key → (the resourceVersion a status write was based on, the job that write returned)."""
     tasks: list[asyncio.Task] = field(default_factory=list)
     workers: int = 1
+    write_times: dict[JobKey, float] = field(default_factory=dict)
+    """key → when (loop time) its status was last written."""
     expected: dict[JobKey, tuple[frozenset[str], float]] = field(default_factory=dict)
     """key → (the Pods its last run created, until when to wait for them to be seen)."""
     workloads: Any = field(default_factory=dict)
@@ -137,6 +145,7 @@ class JobQueue:
         bodies = list(self.jobs.get(key, []))
         if not bodies:
             self.written.pop(key, None)
+            self.write_times.pop(key, None)
             return None
         body = bodies[-1]
         written = self.written.get(key)
@@ -194,12 +203,12 @@ async def trainer_pods(namespace: str, labels: Any, body: Any, **_: Any) -> dict
 
 async def trainingjobs(namespace: str, name: str, body: Any, **_: Any) -> dict[Any, Any]:
     """(namespace, name) → the job as last seen (a plain dict of the watch event's object)."""
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): lean(body)}
 
 
 async def kueue_workloads(namespace: str, labels: Any, body: Any, **_: Any) -> dict[Any, Any]:
     """(namespace, job name) → that job's Workloads (a plain dict of each)."""
-    return {(namespace, labels[res.LABEL_JOB]): dict(body)}
+    return {(namespace, labels[res.LABEL_JOB]): lean(body)}
 
 
 async def workload_event(namespace: str, labels: Any, memo: kopf.Memo, **_: Any) -> None:
@@ -237,12 +246,14 @@ async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
         return GONE
     body, pods = seen
     workload = jq.workload(key, body)
+    hold = jq.write_times.get(key, -STATUS_BATCH_S) + STATUS_BATCH_S - loop.time()
     context = contextvars.copy_context()  # kopf's event poster and our step marker
-    call = functools.partial(sync_job, body, pods, memo, log, workload)
+    call = functools.partial(sync_job, body, pods, memo, log, workload, max(hold, 0.0))
     outcome = await loop.run_in_executor(jq.executor, context.run, call)
     jq.expect(key, outcome.created, loop.time())
     if outcome.written is not None:
-        jq.written[key] = (_version(body) or "", outcome.written)
+        jq.written[key] = (_version(body) or "", lean(outcome.written))
+        jq.write_times[key] = loop.time()
     if outcome.error is not None:
         raise core.ReconcileFailed(outcome.error)
     if outcome.refused:
@@ -281,9 +292,11 @@ def sync_job(
     memo: kopf.Memo,
     logger: Any,
     workload: kq.WorkloadSeen | None = None,
+    hold: float = 0.0,
 ) -> Outcome:
     """One reconcile of one job (in a worker thread): plan and act, then write the status if
-    it changed. A failure is reported on the job (status message, Event, metric), not raised."""
+    it changed. A failure is reported on the job (status message, Event, metric), not raised.
+    `hold`: seconds until a change of rank details alone may be written (STATUS_BATCH_S)."""
     status_patch: dict[str, Any] = {}
     subject = core.Subject(JOB_KIND, memo.kube, body, dict(body.get("status") or {}), status_patch)
     try:
@@ -295,12 +308,21 @@ def sync_job(
         error = None
     except core.ReconcileFailed as exc:
         wake, error = Wake(), str(exc)
+    if hold > 0 and error is None and only_details(body.get("status") or {}, status_patch):
+        after = hold if wake.after is None else min(wake.after, hold)
+        return Outcome(after, None, None, wake.refused, wake.created)
     try:
         written = write_status(memo.kube, body, status_patch)
     except StaleRead as exc:
         logger.debug("%s: planning again", exc)
         return Outcome(STALE_RETRY_S, None, error, created=wake.created)
     return Outcome(wake.after, written, error, wake.refused, wake.created)
+
+
+def only_details(old: Mapping[str, Any], status_patch: Mapping[str, Any]) -> bool:
+    """Does the change touch only the ranks' details (DETAIL_KEYS), and something at all?"""
+    changed = {key for key, value in status_patch.items() if old.get(key) != value}
+    return bool(changed) and changed <= DETAIL_KEYS
 
 
 def write_status(
@@ -481,6 +503,8 @@ def apply_plan(
         )  # fmt: skip
     at_step("post events")
     for event in plan.events:
+        if event.reason == rc.PENDING and made.created:
+            continue  # the CreatedPods event announces the same moment
         kube.post_event(subject.body, event.type, event.reason, event.message)
         if event.reason == "GangRestart":
             metrics.GANG_RESTARTS.inc()
