@@ -379,3 +379,17 @@ def test_the_jobs_index_keeps_no_managed_fields_or_last_applied_manifest():
     assert key == ("ns", "ddp") and "managedFields" not in kept["metadata"]
     assert kept["metadata"]["annotations"] == {"team": "a"} and kept["spec"] == b["spec"]
     assert "managedFields" in b["metadata"]  # the watch event's own object is left alone
+
+
+def test_under_a_burst_rank_details_leave_the_write_rate_to_pods_and_phases():
+    from dmlt_operator.core.ratelimit import TokenBucket
+
+    kube = FakeJobKube()
+    sync(versioned(), kube)
+    status = kube.status_patches[-1][1]
+    kube.limiter = TokenBucket(rate=1, burst=1)
+    kube.limiter.reserve()  # the one token is taken: writers would queue
+    held = held_sync(versioned(status, "42"), kube, [scheduled_pod(0), scheduled_pod(1)], hold=0.0)
+    assert held.written is None and held.requeue_after == handlers.STATUS_BATCH_S
+    running = held_sync(versioned(status, "42"), kube, [running_pod(0), running_pod(1)], hold=0.0)
+    assert kube.status_patches[-1][1]["phase"] == "Running" and running.written is not None

@@ -45,6 +45,18 @@ def test_reservations_queue_up_in_order():
     assert waits == pytest.approx([0, 0.5, 1.0, 1.5])
 
 
+def test_busy_while_writers_queue_on_the_bucket():
+    clock = Clock()
+    bucket = TokenBucket(rate=2, burst=2, clock=clock, sleep=clock.sleep)
+    assert not bucket.busy()
+    bucket.reserve(), bucket.reserve()
+    assert bucket.busy()  # the next write would wait
+    clock.now += 0.5
+    assert not bucket.busy()  # one token earned back
+    bucket.pause(1)
+    assert bucket.busy()
+
+
 def test_a_pause_holds_everyone_back():
     clock = Clock()
     bucket = TokenBucket(rate=100, burst=100, clock=clock, sleep=clock.sleep)

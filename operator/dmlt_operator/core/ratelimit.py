@@ -42,6 +42,13 @@ class TokenBucket:
             wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
             return max(wait, self._not_before - now)
 
+    def busy(self) -> bool:
+        """Would a write now have to wait for its token (writers are queued on the bucket)?"""
+        with self._lock:
+            now = self._clock()
+            tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+            return tokens < 1.0 or self._not_before > now
+
     def acquire(self) -> float:
         """Block until a token is ours; the seconds waited."""
         wait = self.reserve()

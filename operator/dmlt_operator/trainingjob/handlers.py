@@ -51,9 +51,10 @@ Pod created, scheduled, started; its sibling rank alike) make one reconcile and 
 write, not one each."""
 STATUS_BATCH_S = 2.0
 """A status change that only details the ranks (a Pod scheduled, its container waiting, one
-rank of several running) is written at most this often per job; a new phase, condition or
-progress is written at once. Like the Job controller's pod-event batching, this makes a
-starting job's status two writes (Pending, then Running), not one per step of its Pods."""
+rank of several running) is written at most this often per job, and only while the write rate
+limit has room; a new phase, condition or progress is written at once. Like the Job
+controller's pod-event batching, this makes a starting job's status two writes (Pending, then
+Running), not one per step of its Pods, and under a burst leaves the rate to creating Pods."""
 DETAIL_KEYS = frozenset({"ranks", "ready", "message"})
 EXPECTED_PODS_S = 5.0
 """How long a job waits for the Pods it created to show in the Pod watch before it plans
@@ -308,9 +309,12 @@ def sync_job(
         error = None
     except core.ReconcileFailed as exc:
         wake, error = Wake(), str(exc)
-    if hold > 0 and error is None and only_details(body.get("status") or {}, status_patch):
-        after = hold if wake.after is None else min(wake.after, hold)
-        return Outcome(after, None, None, wake.refused, wake.created)
+    if error is None and only_details(body.get("status") or {}, status_patch):
+        limiter = getattr(memo.kube, "limiter", None)
+        hold = max(hold, STATUS_BATCH_S if limiter is not None and limiter.busy() else 0.0)
+        if hold > 0:
+            after = hold if wake.after is None else min(wake.after, hold)
+            return Outcome(after, None, None, wake.refused, wake.created)
     try:
         written = write_status(memo.kube, body, status_patch)
     except StaleRead as exc:
