@@ -100,6 +100,9 @@ class FakeApi:
         self.calls.append((namespace, body["metadata"]["name"], kwargs))
         if self.failures:
             raise self.failures.pop(0)
+        return self.reply
+
+    reply = None
 
     def patch_namespaced_custom_object_status(self, *args, **kwargs):
         self.calls.append((args, kwargs))
@@ -112,6 +115,26 @@ def kube_with(api: FakeApi, clock: Clock) -> Kube:
     kube = Kube(limiter=TokenBucket(rate=5, burst=1, clock=clock, sleep=clock.sleep))
     kube.core = kube.custom = api
     return kube
+
+
+class RawReply:
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def read(self) -> bytes:
+        self.steps.append("read")
+        return b"{}"
+
+    def release_conn(self) -> None:
+        self.steps.append("release")
+
+
+def test_a_create_reads_its_raw_reply_and_frees_the_connection():
+    api = FakeApi([])
+    api.reply = RawReply()
+    assert kube_with(api, Clock()).create_pod({"metadata": {"name": "p", "namespace": "ns"}})
+    assert api.calls[0][2]["_preload_content"] is False  # no model objects built
+    assert api.reply.steps == ["read", "release"]
 
 
 def test_a_429_waits_its_retry_after_and_tries_again():

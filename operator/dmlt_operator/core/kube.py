@@ -321,12 +321,17 @@ class Kube:
     # ---- helpers
 
     def _create(self, create: Any, obj: dict[str, Any]) -> bool:
+        """Create `obj`. The reply is read as bytes and dropped: the client would otherwise turn
+        it into model objects (milliseconds of CPU per Pod) that nobody looks at."""
         try:
-            self._write(create, obj["metadata"]["namespace"], obj)
+            reply = self._write(create, obj["metadata"]["namespace"], obj, _preload_content=False)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
+        if reply is not None:
+            reply.read()
+            reply.release_conn()
         return True
 
 
