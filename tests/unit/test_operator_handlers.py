@@ -253,7 +253,7 @@ def test_the_snapshot_prefers_our_own_newer_write_until_the_index_catches_up():
     index_jobs = {("ns", "ddp"): [versioned(rv="41")]}
     jq = handlers.JobQueue(None, index_jobs, {("ns", "ddp"): [running_pod(0)]}, None)
     ours = versioned({"phase": "Pending"}, rv="42")
-    jq.written[("ns", "ddp")] = ("41", ours)
+    jq.written[("ns", "ddp")] = (frozenset({"41"}), ours)
     job, pods = jq.snapshot(("ns", "ddp"))
     assert job is ours and [p.name for p in pods] == ["ddp-0"]
     assert jq.own_write(("ns", "ddp"), "42") and not jq.own_write(("ns", "ddp"), "43")
@@ -269,7 +269,7 @@ def test_events_mark_the_job_but_not_for_our_own_write():
         from dmlt_operator.core.workqueue import WorkQueue
 
         jq = handlers.JobQueue(WorkQueue(300), {}, {}, None)
-        jq.written[("ns", "ddp")] = ("41", versioned(rv="42"))
+        jq.written[("ns", "ddp")] = (frozenset({"41"}), versioned(rv="42"))
         memo = kopf.Memo(job_queue=jq)
         await handlers.job_event(namespace="ns", name="ddp", body=versioned(rv="42"), memo=memo)
         assert len(jq.queue) == 0
@@ -393,3 +393,18 @@ def test_under_a_burst_rank_details_leave_the_write_rate_to_pods_and_phases():
     assert held.written is None and held.requeue_after == handlers.STATUS_BATCH_S
     running = held_sync(versioned(status, "42"), kube, [running_pod(0), running_pod(1)], hold=0.0)
     assert kube.status_patches[-1][1]["phase"] == "Running" and running.written is not None
+
+
+def test_two_writes_in_a_row_are_one_chain_until_the_index_catches_up():
+    key = ("ns", "ddp")
+    index_jobs = {key: [versioned(rv="41")]}
+    jq = handlers.JobQueue(None, index_jobs, {}, None)
+    jq.remember_write(key, versioned(rv="41"), versioned({"phase": "Pending"}, rv="42"))
+    planned, _ = jq.snapshot(key)  # planned from our write v42 while the index shows v41
+    jq.remember_write(key, planned, versioned({"phase": "Running"}, rv="43"))
+    job, _ = jq.snapshot(key)
+    assert job["metadata"]["resourceVersion"] == "43"  # not v41, which both writes replaced
+    index_jobs[key] = [versioned({"phase": "Pending"}, rv="42")]
+    assert jq.snapshot(key)[0]["metadata"]["resourceVersion"] == "43"
+    index_jobs[key] = [versioned({"phase": "Running"}, rv="44")]  # someone else's change
+    assert jq.snapshot(key)[0]["metadata"]["resourceVersion"] == "44" and key not in jq.written

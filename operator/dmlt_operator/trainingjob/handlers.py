@@ -95,8 +95,9 @@ class JobQueue:
     jobs: Any
     pods: Any
     executor: Executor | None
-    written: dict[JobKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    """key → (the resourceVersion a status write was based on, the job that write returned)."""
+    written: dict[JobKey, tuple[frozenset[str], dict[str, Any]]] = field(default_factory=dict)
+    """key → (the resourceVersions our status writes replaced since the index last caught up,
+    the job our last write returned)."""
     tasks: list[asyncio.Task] = field(default_factory=list)
     workers: int = 1
     write_times: dict[JobKey, float] = field(default_factory=dict)
@@ -139,6 +140,16 @@ class JobQueue:
         written = self.written.get(key)
         return written is not None and resource_version == _version(written[1])
 
+    def remember_write(self, key: JobKey, planned_from: Mapping[str, Any], written: dict[str, Any]) -> None:
+        """Our status write replaced `planned_from`. When that was itself our previous write,
+        the index may still show the version before it: every version of the chain is older
+        than `written`."""
+        replaced = {_version(planned_from) or ""}
+        prior = self.written.get(key)
+        if prior is not None and _version(prior[1]) == _version(planned_from):
+            replaced |= prior[0]
+        self.written[key] = (frozenset(replaced), written)
+
     def snapshot(self, key: JobKey) -> tuple[dict[str, Any], list[PodSummary]] | None:
         """The job (None when gone) and its Pods, as of now. Called on the event loop, so the
         indexes do not change under it. When the index still shows the version our last write
@@ -150,7 +161,7 @@ class JobQueue:
             return None
         body = bodies[-1]
         written = self.written.get(key)
-        if written is not None and written[0] == _version(body):
+        if written is not None and _version(body) in written[0]:
             body = written[1]
         elif written is not None:
             del self.written[key]
@@ -253,7 +264,7 @@ async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
     outcome = await loop.run_in_executor(jq.executor, context.run, call)
     jq.expect(key, outcome.created, loop.time())
     if outcome.written is not None:
-        jq.written[key] = (_version(body) or "", lean(outcome.written))
+        jq.remember_write(key, body, lean(outcome.written))
         jq.write_times[key] = loop.time()
     if outcome.error is not None:
         raise core.ReconcileFailed(outcome.error)
