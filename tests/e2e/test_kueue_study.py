@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from dmlt_operator.trainingjob import queueing as q
 from kubernetes import client
 
 from tests.helpers.chart import installed_chart
@@ -26,15 +27,21 @@ STUDY_TIMEOUT = 1800.0
 
 @pytest.fixture(scope="module")
 def tuning(api_client: client.ApiClient, namespace: str) -> Iterator[Tuning]:
-    kueue = kueue_api(api_client)
     values = {"operator": {"studyReconcileIntervalSeconds": 3}}
     with installed_chart(api_client, namespace, release="dmlt-kueue-study", values=values) as installed:
-        with cluster_queue(kueue, namespace, cpu="1") as _:
-            yield Tuning(installed)
+        yield Tuning(installed)
 
 
-def queued_study(name: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def queues(api_client: client.ApiClient, namespace: str, tuning: Tuning) -> Iterator[dict[str, str]]:
+    with cluster_queue(kueue_api(api_client), namespace, cpu="1") as names:
+        yield names
+
+
+def queued_study(name: str, priority: str) -> dict[str, Any]:
     manifest = study_manifest(name, maxTrials=3, parallelism=2, maxFailedTrials=1)
+    # Kueue's priority label on the study: every trial job (and so its Workload) gets it
+    manifest["metadata"].setdefault("labels", {})[q.PRIORITY_CLASS_LABEL] = priority
     template = manifest["spec"]["trialTemplate"]
     template["queueName"] = "team"
     template["resources"] = {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"memory": "1536Mi"}}
@@ -43,8 +50,8 @@ def queued_study(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(int(STUDY_TIMEOUT) + 300)
-def test_a_queued_study_completes_exactly_max_trials_one_at_a_time(tuning: Tuning) -> None:
-    manifest = queued_study("queued-study")
+def test_a_queued_study_completes_exactly_max_trials_one_at_a_time(tuning: Tuning, queues) -> None:
+    manifest = queued_study("queued-study", queues["low"])
     name = manifest["metadata"]["name"]
     tuning.create_study(manifest)
     with StudyWatch(tuning, name) as watch:
@@ -63,5 +70,13 @@ def test_a_queued_study_completes_exactly_max_trials_one_at_a_time(tuning: Tunin
     phases = sorted((j.get("status") or {}).get("phase") for j in jobs)
     assert phases == ["Succeeded"] * 3, phases
     assert all(j["spec"].get("queueName") == "team" for j in jobs)
+    assert all(j["metadata"]["labels"].get(q.PRIORITY_CLASS_LABEL) == queues["low"] for j in jobs), [
+        j["metadata"]["labels"] for j in jobs
+    ]
+    workloads = tuning.custom.list_namespaced_custom_object(
+        q.KUEUE_GROUP, q.KUEUE_VERSION, tuning.ns, q.WORKLOAD_PLURAL
+    )["items"]
+    refs = {(w["spec"].get("priorityClassRef") or {}).get("name") for w in workloads}
+    assert len(workloads) == 3 and refs == {queues["low"]}, refs
     assert all(len(uids) == 1 for uids in watch.job_uids.values()), watch.job_uids
     assert study["status"]["trials"]["failed"] == 0, study["status"]

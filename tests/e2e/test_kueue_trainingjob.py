@@ -96,6 +96,8 @@ class Monitor:
         self.t0 = time.monotonic()
         self.timeline: dict[str, list[tuple[float, str, str, int | None, int | None]]] = {}
         self.max_admitted = 0
+        self.positions: dict[str, set[int]] = {}
+        """Each job's status.queue.position values seen while it waited."""
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="kueue-monitor")
@@ -141,6 +143,9 @@ class Monitor:
                 (status.get("progress") or {}).get("epoch"),
                 status.get("attempt"),
             )
+            position = (status.get("queue") or {}).get("position")
+            if position is not None:
+                self.positions.setdefault(name, set()).add(int(position))
             rows = self.timeline.setdefault(name, [])
             if not rows or rows[-1][1:] != row[1:]:
                 rows.append(row)
@@ -230,6 +235,10 @@ def test_quota_runs_the_jobs_one_at_a_time(dmlt: Dmlt, kueue, queues) -> None:
     for name in names:
         print(f"{name}:\n{m.history(name)}")
     assert m.max_admitted == 1, f"the ClusterQueue admitted {m.max_admitted} workloads at once"
+    # the jobs that waited showed their place in the LocalQueue (Kueue's visibility API)
+    print(f"queue positions seen: {m.positions}")
+    assert m.positions, "no waiting job ever showed status.queue.position"
+    assert set().union(*m.positions.values()) <= {1, 2}, m.positions
     # never two of them running at once
     running = {n: [r[0] for r in m.timeline[n] if r[2] == "Running"] for n in names}
     spans = sorted(
@@ -266,7 +275,51 @@ def test_a_gang_that_does_not_fit_is_never_started_in_part(dmlt: Dmlt, kueue, qu
         assert _status(dmlt, name).get("phase") == "Pending"
         time.sleep(0.5)
     print(f"{name}: {status['message']}")
+    # the queue label removed while it waits: its Workload goes and it starts without Kueue
+    dmlt.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, dmlt.namespace, PLURAL, name, {"metadata": {"labels": {q.QUEUE_LABEL: None}}}
+    )
+    wait_for(
+        lambda: len(dmlt.pods(name)) == 2 and "queue" not in _status(dmlt, name),
+        60,
+        f"{name} to leave its queue and create its Pods",
+        diag=lambda: diagnose(dmlt, name),
+    )
+    assert _workloads(kueue, dmlt.namespace, name) == []
+    reasons = [e.reason for e in job_events(dmlt, name)]
+    assert "LeftQueue" in reasons, reasons
     dmlt.delete_job(name)
+
+
+@pytest.mark.timeout(300)
+def test_a_queue_named_after_the_start_is_ignored_while_it_runs(dmlt: Dmlt, kueue, queues) -> None:
+    name = "late-queue"
+    small = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1536Mi"}}
+    trainer = {**SMALL_TRAINER, "epochs": 30}
+    dmlt.create_job(
+        job_manifest(name, trainer=trainer, checkpoint={"emptyDir": {}}, resources=small, replicas=1)
+    )
+    _until_phase(dmlt, name, "Running", 180)
+    dmlt.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, dmlt.namespace, PLURAL, name, {"metadata": {"labels": {q.QUEUE_LABEL: "team"}}}
+    )
+
+    def ignored() -> dict[str, Any] | None:
+        status = _status(dmlt, name)
+        conds = {c["type"]: c for c in status.get("conditions") or []}
+        return status if (conds.get("QueueIgnored") or {}).get("status") == "True" else None
+
+    status = wait_for(ignored, 60, f"{name} to ignore its new queue", diag=lambda: diagnose(dmlt, name))
+    assert status["phase"] in ("Running", "Succeeded") and "queue" not in status, status
+    assert _workloads(kueue, dmlt.namespace, name) == []
+    assert [p.metadata.name for p in dmlt.pods(name)] == [f"{name}-0"]
+    dmlt.delete_job(name)
+
+
+def _workloads(kueue: client.CustomObjectsApi, namespace: str, job: str) -> list[dict[str, Any]]:
+    return kueue.list_namespaced_custom_object(
+        G, V, namespace, q.WORKLOAD_PLURAL, label_selector=f"{LABEL_JOB}={job}"
+    )["items"]
 
 
 @pytest.mark.timeout(2400)

@@ -29,6 +29,11 @@ class FakeJobKube:
         """(plural, name) → a ResourceFlavor or WorkloadPriorityClass."""
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.reads: list[tuple[str, str]] = []
+        self.workloads_deleted: list[tuple[str, str | None]] = []
+        self.pending: dict[str, dict[str, Any]] = {}
+        """visibility API path (without the query) → PendingWorkloadsSummary."""
+        self.pending_error: Exception | None = None
+        self.pending_reads: list[str] = []
 
     def create_pod(self, pod):
         if pod["metadata"]["name"] in self.existing:
@@ -81,6 +86,18 @@ class FakeJobKube:
 
     def read_namespace_labels(self, name):
         return dict(self.namespace_labels.get(name, {}))
+
+    def delete_workload(self, namespace, name, uid=None):
+        self.workloads_deleted.append((name, uid))
+        before = len(self.workloads)
+        self.workloads = [w for w in self.workloads if w["metadata"]["name"] != name]
+        return len(self.workloads) < before
+
+    def read_pending_workloads(self, path):
+        self.pending_reads.append(path)
+        if self.pending_error is not None:
+            raise self.pending_error
+        return self.pending.get(path.partition("?")[0], {"items": []})
 
 
 class FakeStudyKube:

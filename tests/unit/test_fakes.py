@@ -28,8 +28,8 @@ def test_the_fake_and_the_real_class_implement_the_protocol(protocol, real, fake
 def test_the_protocols_cover_what_the_handlers_call():
     assert protocol_members(TrainingJobKube) == [
         "create_pod", "create_service", "create_workload", "delete_pod", "delete_trainingjob",
-        "patch_status", "patch_workload", "post_event", "read_cluster_object", "read_namespace_labels",
-        "read_pod_log",
+        "delete_workload", "patch_status", "patch_workload", "post_event", "read_cluster_object",
+        "read_namespace_labels", "read_pending_workloads", "read_pod_log",
     ]  # fmt: skip
     assert protocol_members(TuningStudyKube) == [
         "create_trainingjob", "delete_trainingjob", "list_trainingjobs", "post_event", "read_secret_value",

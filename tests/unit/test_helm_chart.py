@@ -214,8 +214,14 @@ def test_rbac_is_least_privilege_and_covers_the_operator():
         ("dmlt.io", "trainingjobs/finalizers", "update"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("", "namespaces", "watch"),
+        ("kueue.x-k8s.io", "workloads", "delete"),
+        ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads", "get"),
     }  # fmt: skip
     assert needed <= granted
+    # Kueue's visibility API: the queue position only, read and nothing else
+    assert {(r, v) for g, r, v in granted if g == "visibility.kueue.x-k8s.io"} == {
+        ("localqueues/pendingworkloads", "get")
+    }
     # Secrets: only `get` by name (a TuningStudy's storage URL), never list or watch.
     assert {v for _, r, v in granted if r == "secrets"} == {"get"}
     binding = objs[("ClusterRoleBinding", "dmlt-operator")]

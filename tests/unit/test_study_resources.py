@@ -191,3 +191,19 @@ def test_the_trainer_parses_the_trial_flags():
     assert hpo.storage in (None, "")  # the URL comes from DMLT_OPTUNA_STORAGE, never from args
     assert cfg.tracking.parent_run_id == "parent123" and cfg.run_name == "tuning-example-t7"
     assert (cfg.optim.lr, cfg.model.hidden_dims, cfg.train.batch_size) == (0.0123, [128, 64], 512)
+
+
+def test_the_studys_priority_class_label_reaches_every_trial():
+    body = {
+        "metadata": {
+            "name": "tuning-example", "namespace": "ns", "uid": "study-uid", "generation": 3,
+            "labels": {"kueue.x-k8s.io/priority-class": "team-high"},
+        }
+    }  # fmt: skip
+    ref = StudyRef.from_body(body)
+    assert ref.priority_class == "team-high" and ref.name == "tuning-example" and ref.generation == 3
+    labels = build_trial_job(ref, spec(), 7, PARAMS, SECRET, "parent123")["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/priority-class"] == "team-high"
+    assert LABEL_TRIAL in labels and labels[LABEL_STUDY] == "tuning-example"
+    without = build_trial_job(REF, spec(), 7, PARAMS, SECRET, "parent123")["metadata"]["labels"]
+    assert "kueue.x-k8s.io/priority-class" not in without

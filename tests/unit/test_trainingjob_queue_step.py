@@ -19,6 +19,7 @@ from dmlt_operator.trainingjob import pods as pd
 from dmlt_operator.trainingjob import queueing as qu
 from dmlt_operator.trainingjob.build import JobRef
 from dmlt_operator.trainingjob.spec import parse_spec
+from kubernetes.client.exceptions import ApiException
 
 from tests.helpers.operator_fakes import FakeJobKube
 
@@ -336,3 +337,184 @@ def test_a_workload_event_wakes_its_job():
     memo = kopf.Memo(job_queue=Queue())
     asyncio.run(handlers.workload_event(namespace="ns", labels={"dmlt.io/job-name": "ddp"}, memo=memo))
     assert marked == [("ns", "ddp")]
+
+
+# --------------------------------------------------------------------------- queue position
+
+
+def summary(*names):
+    return {"items": [{"metadata": {"name": n}, "positionInLocalQueue": i, "positionInClusterQueue": i + 5}
+                      for i, n in enumerate(names)]}  # fmt: skip
+
+
+LQ_PATH = "/apis/visibility.kueue.x-k8s.io/v1beta2/namespaces/ns/localqueues/team-a/pendingworkloads"
+
+
+def test_a_waiting_job_shows_its_position_and_looks_again_later():
+    position = rc.ad.QueuePosition(in_local_queue=1, in_cluster_queue=6)
+    p = plan({"phase": "Pending", "attempt": 0}, wl=PENDING, position=position, position_tracked=True)
+    assert p.status["queue"]["position"] == 2 and "at position 2" in p.status["message"]
+    q = queue(PENDING, position=position, position_tracked=True)
+    assert rc.position_refresh_after(p.status, q) == rc.POSITION_REFRESH_S
+    assert rc.position_refresh_after(p.status, queue(PENDING)) is None  # no visibility API
+    admitted = plan({"phase": "Pending"}, wl=ADMITTED, position_tracked=True)
+    assert "position" not in admitted.status["queue"]
+    assert rc.position_refresh_after(admitted.status, queue(ADMITTED, position_tracked=True)) is None
+
+
+def test_pending_workloads_are_read_once_per_local_queue_per_ttl():
+    kube, cache = FakeJobKube(), kq.PendingCache()
+    kube.pending[LQ_PATH] = summary("other", WL)
+    assert cache.position(kube, "ns", "team-a", WL) == rc.ad.QueuePosition(1, 6)
+    assert cache.position(kube, "ns", "team-a", "other") == rc.ad.QueuePosition(0, 5)
+    assert cache.position(kube, "ns", "team-a", "absent") is None
+    assert kube.pending_reads == [LQ_PATH + "?limit=1000"]
+    cache.position(kube, "ns", "team-b", WL)
+    assert len(kube.pending_reads) == 2  # one per LocalQueue
+    cache.ttl_s = 0.0
+    cache.position(kube, "ns", "team-a", WL)
+    assert len(kube.pending_reads) == 3  # read again once stale
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_an_absent_or_forbidden_visibility_api_means_no_position_logged_once(status, caplog):
+    kube, cache = FakeJobKube(), kq.PendingCache(ttl_s=0.0)
+    kube.pending_error = ApiException(status=status, reason="nope")
+    with caplog.at_level(logging.WARNING):
+        assert cache.position(kube, "ns", "team-a", WL) is None
+        assert cache.position(kube, "ns", "team-b", WL) is None
+    assert len(kube.pending_reads) == 1 and not cache.available  # not asked again for a while
+    assert len([r for r in caplog.records if "visibility API" in r.getMessage()]) == 1
+
+
+def test_a_local_queue_that_does_not_exist_is_no_reason_to_stop_asking(caplog):
+    kube, cache = FakeJobKube(), kq.PendingCache(ttl_s=0.0)
+    kube.pending_error = ApiException(status=404, reason="Not Found")
+    kube.pending_error.body = (
+        '{"kind":"Status","reason":"NotFound","details":{"name":"nope",'
+        '"group":"visibility.kueue.x-k8s.io","kind":"localqueue"},"code":404}'
+    )
+    with caplog.at_level(logging.WARNING):
+        assert cache.position(kube, "ns", "nope", WL) is None
+    assert cache.available and not caplog.records  # the API is there; the other queues still ask
+
+
+def test_a_failing_visibility_api_is_asked_again_and_logged_once(caplog):
+    kube, cache = FakeJobKube(), kq.PendingCache(ttl_s=0.0)
+    kube.pending_error = ApiException(status=500, reason="panic")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert cache.position(kube, "ns", "team-a", WL) is None
+    assert len(kube.pending_reads) == 3 and cache.available
+    assert len([r for r in caplog.records if "visibility API" in r.getMessage()]) == 1
+    kube.pending_error = TimeoutError()
+    assert cache.position(kube, "ns", "team-a", WL) is None
+
+
+def test_a_queued_jobs_status_is_written_only_when_its_position_changes():
+    kube = FakeJobKube()
+    kube.pending[LQ_PATH] = summary("a", "b", WL)
+    memo = memo_of(kube)
+    memo.job_queue = handlers.JobQueue(None, {}, {}, None)
+    seen = kq.WorkloadSeen(PENDING)
+    b = body({qu.QUEUE_LABEL: "team-a"}, status={"phase": "Pending", "attempt": 0})
+    b["metadata"]["resourceVersion"] = "1"
+    out = handlers.sync_job(b, [], memo, LOG, seen)
+    assert out.requeue_after == rc.POSITION_REFRESH_S
+    ((_, written, _),) = kube.status_patches
+    assert written["queue"]["position"] == 3 and "at position 3" in written["message"]
+    b["status"] = {**b["status"], **written}
+    for _ in range(3):  # the same place: nothing to write
+        assert handlers.sync_job(b, [], memo, LOG, seen).written is None
+    assert len(kube.status_patches) == 1
+    kube.pending[LQ_PATH] = summary("b", WL)
+    memo.job_queue.pending.ttl_s = 0.0
+    handlers.sync_job(b, [], memo, LOG, seen)
+    assert kube.status_patches[-1][1]["queue"]["position"] == 2
+
+
+# --------------------------------------------------------------------------- changes of the queue
+
+
+RUNNING = {"phase": "Running", "attempt": 0, "restarts": 0, "startTime": "2026-12-07T03:59:00Z"}
+
+
+def test_a_queue_named_after_the_job_started_is_ignored_while_it_runs():
+    p = plan(RUNNING, pods=[pod(0), pod(1)])
+    assert p.create_workload is None and p.delete_pods == [] and p.status["phase"] == "Running"
+    assert "queue" not in p.status and reasons(p) == ["QueueIgnored"]
+    ignored = next(c for c in p.status["conditions"] if c["type"] == rc.COND_QUEUE_IGNORED)
+    assert ignored["status"] == "True" and "team-a" in ignored["message"]
+    again = plan(p.status, pods=[pod(0), pod(1)])
+    assert reasons(again) == [] and again.status["phase"] == "Running"
+    # between two attempts of a gang restart it has no Pods, and is still not queued
+    restarting = plan({**p.status, "phase": "Restarting", "attempt": 1})
+    assert restarting.create_workload is None and restarting.create_ranks == [0, 1]
+
+
+def test_a_queue_named_while_suspended_applies_on_resume():
+    suspended = {"phase": "Suspended", "attempt": 1}
+    suspended["conditions"] = [cond("Suspended", "True", "JobSuspended")]
+    p = plan(suspended)
+    assert p.create_workload is not None and p.create_ranks == []
+    assert p.status["queue"]["state"] == "Pending"
+
+
+def test_removing_the_queue_of_an_evicted_job_resumes_it_without_kueue():
+    old = {**SUSPENDED_BY_KUEUE, "queue": {"name": "team-a", "state": "Queued"}}
+    p = rc.plan(JOB, spec(), old, [], {}, T0, rc.QueueInput(None, REQUEUED))
+    assert p.delete_workload == (WL, "wl-uid")
+    assert p.create_ranks == [0, 1] and p.status["phase"] == "Pending"
+    suspended = next(c for c in p.status["conditions"] if c["type"] == "Suspended")
+    assert suspended["status"] == "False" and suspended["reason"] == "QueueRemoved"
+    assert "LeftQueue" in reasons(p) and "queue" not in p.status
+    assert rc.status_delta(old, p.status)["queue"] is None
+    # its Workload gone already (not seen any more): the suspension ends all the same
+    gone = rc.plan(JOB, spec(), SUSPENDED_BY_KUEUE, [], {}, T0, None)
+    assert gone.create_ranks == [0, 1] and gone.delete_workload is None
+    assert next(c for c in gone.status["conditions"] if c["type"] == "Suspended")["status"] == "False"
+
+
+def test_removing_the_queue_of_a_waiting_job_deletes_its_workload():
+    old = {"phase": "Pending", "attempt": 0, "queue": {"name": "team-a", "state": "Queued"}}
+    p = rc.plan(JOB, spec(), old, [], {}, T0, rc.QueueInput(None, PENDING))
+    assert p.delete_workload == (WL, "wl-uid") and p.create_ranks == [0, 1]
+    assert reasons(p) == ["LeftQueue"] and "queue" not in p.status
+
+
+def test_a_running_job_keeps_following_its_workload_when_its_queue_changes():
+    old = {**RUNNING, "queue": {"name": "team-a", "workload": WL, "state": "Admitted"}}
+    for named in (None, "team-b"):
+        q = rc.QueueInput(named, ADMITTED, {"default": {"spec": {}}})
+        p = rc.plan(JOB, spec(), old, [pod(0), pod(1)], {}, T0, q)
+        assert p.delete_workload is None and p.create_workload is None and p.delete_pods == []
+        assert p.status["queue"]["state"] == "Admitted" and p.status["queue"]["name"] == "team-a"
+
+
+def test_an_outdated_waiting_workload_is_replaced():
+    bigger = spec(resources={"requests": {"cpu": "2"}})
+    p = plan({"phase": "Pending", "attempt": 0}, wl=PENDING, s=bigger)
+    assert p.delete_workload == (WL, "wl-uid")
+    assert p.create_workload["spec"]["podSets"][0]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "2"}
+    }
+    assert "Requeued" in reasons(p) and p.status["queue"]["state"] == "Pending" and p.create_ranks == []
+    moved = rc.plan(JOB, spec(), {"phase": "Pending"}, [], {}, T0, rc.QueueInput("team-b", PENDING))
+    assert moved.delete_workload == (WL, "wl-uid") and moved.create_workload["spec"]["queueName"] == "team-b"
+    # admitted: Kueue refuses podSet changes while it holds quota; the running gang is left alone
+    admitted = plan({"phase": "Running", "attempt": 0}, pods=[pod(0), pod(1)], wl=ADMITTED, s=bigger)
+    assert admitted.delete_workload is None and admitted.create_workload is None
+    # the same spec written differently is not an edit
+    same = spec(resources={"requests": {"cpu": "500m"}})
+    written = qu.build_workload(JOB, spec(resources={"requests": {"cpu": "0.5"}}), "team-a")
+    assert not qu.workload_outdated(written, same, "team-a")
+
+
+def test_the_outdated_workload_is_deleted_before_the_new_one_is_created():
+    kube = FakeJobKube()
+    old = qu.build_workload(JOB, spec(), "team-a")
+    kube.workloads.append(old)
+    stale = {**PENDING, "metadata": {**PENDING["metadata"]}}
+    tick(body(queueName="team-a", status={"phase": "Pending"}, replicas=3), kube, seen=kq.WorkloadSeen(stale))
+    assert kube.workloads_deleted == [(WL, "wl-uid")]
+    assert [w["spec"]["podSets"][0]["count"] for w in kube.workloads] == [3]

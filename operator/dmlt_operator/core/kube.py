@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = (5, 30)
 """(connect, read) seconds for every call: a hung apiserver must not hang a reconcile."""
+VISIBILITY_TIMEOUT = (2, 5)
+"""(connect, read) seconds for Kueue's visibility API: a queue position is nice to have, never
+worth holding a worker."""
 
 
 THROTTLE_RETRIES = 3
@@ -68,6 +71,8 @@ class KueueKube(Protocol):
         self, group: str, version: str, plural: str, name: str
     ) -> dict[str, Any] | None: ...
     def read_namespace_labels(self, name: str) -> dict[str, str]: ...
+    def delete_workload(self, namespace: str, name: str, uid: str | None = None) -> bool: ...
+    def read_pending_workloads(self, path: str) -> dict[str, Any]: ...
 
 
 class TrainingJobKube(EventSink, KueueKube, Protocol):
@@ -270,6 +275,35 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def delete_workload(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete the job's Workload (only that object, by `uid`: not a new one of the same
+        name); False when it is gone already or is another one."""
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            self._write(
+                self.custom.delete_namespaced_custom_object,
+                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, body=options,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def read_pending_workloads(self, path: str) -> dict[str, Any]:
+        """GET a path of Kueue's visibility API (admission.pending_workloads_path): an aggregated
+        API, not a custom resource, hence the plain request. Raises ApiException as any read."""
+        api = self.custom.api_client
+        request = api.param_serialize(
+            "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+        )
+        response = api.call_api(*request, _request_timeout=VISIBILITY_TIMEOUT)
+        response.read()
+        text = response.data.decode("utf-8", "replace") if response.data else ""
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return json.loads(text or "{}")
 
     def read_namespace_labels(self, name: str) -> dict[str, str]:
         namespace = self.core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT)

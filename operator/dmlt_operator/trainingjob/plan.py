@@ -21,7 +21,7 @@ The decision is four named steps, tried in order until one finishes the plan: a 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,8 @@ PHASES = (PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
 
 COND_RESTARTING = "Restarting"
 COND_SUSPENDED = "Suspended"
+COND_QUEUE_IGNORED = "QueueIgnored"
+"""True while the job runs on without the queue it was given after it started."""
 REASON_EVICTED = "EvictedByKueue"
 """The Suspended condition's reason when Kueue took the quota back (not runPolicy.suspend)."""
 
@@ -93,6 +95,8 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     create_workload: dict[str, Any] | None = None
     """The Kueue Workload to create for a queued job (queueing.build_workload)."""
+    delete_workload: tuple[str, str | None] | None = None
+    """(name, uid) of a Workload to delete first: outdated, or of a job that left its queue."""
     workload_status: dict[str, Any] | None = None
     """A merge patch of the Workload's /status (release the quota, or Finished)."""
     workload_patch: dict[str, Any] | None = None
@@ -105,8 +109,8 @@ class Plan:
 class QueueInput:
     """What one tick sees of a queued job's Kueue side (None in plan(): not queued)."""
 
-    name: str
-    """The LocalQueue the job names."""
+    name: str | None
+    """The LocalQueue the job names; None: it names none any more, but still has `workload`."""
     workload: Mapping[str, Any] | None = None
     """The job's Workload as read (None: not created yet, or not seen yet)."""
     flavors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -116,6 +120,10 @@ class QueueInput:
     preemptor: str | None = None
     """namespace/name of the Workload that preempted it, when resolved."""
     position: ad.QueuePosition | None = None
+    """Its place in the LocalQueue (Kueue's visibility API) while it waits; None: not known."""
+    position_tracked: bool = False
+    """The visibility API answers: look again at a waiting job now and then, as the jobs ahead
+    of it are admitted (no event of its own Workload says so)."""
 
     @property
     def view(self) -> ad.WorkloadView | None:
@@ -414,12 +422,15 @@ def evicted_by_kueue(b: JobBuilder) -> bool:
 def plan_queue(b: JobBuilder, o: Observed, q: QueueInput) -> Plan | None:
     """A queued job's admission (admission.next_step): no Pods until Kueue admits the whole
     gang; stop the gang when Kueue evicts it; fall through (None) once admitted."""
-    view = q.view
+    view, name = q.view, q.name or ""
+    if view is not None and not (view.quota_reserved or view.finished or o.own):
+        if q.workload is not None and qu.workload_outdated(q.workload, o.spec, name):
+            return _replace_workload(b, o, q, name)
     step = ad.next_step(view, bool(o.own))
-    b.status["queue"] = ad.queue_status(view, q.name, q.position)
+    b.status["queue"] = ad.queue_status(view, name, q.position)
     if step is ad.Step.CREATE_WORKLOAD:
-        b.plan.create_workload = qu.build_workload(o.job, o.spec, q.name, q.priority)
-        b.event("Normal", "Queued", f"Waiting for admission in LocalQueue {q.name}")
+        b.plan.create_workload = qu.build_workload(o.job, o.spec, name, q.priority)
+        b.event("Normal", "Queued", f"Waiting for admission in LocalQueue {name}")
         return _queued(b, b.status["queue"]["message"])
     if step is ad.Step.SUSPEND:
         return _kueue_suspend(b, o, view, q.preemptor)
@@ -428,6 +439,76 @@ def plan_queue(b: JobBuilder, o: Observed, q: QueueInput) -> Plan | None:
     if step is ad.Step.RUN and view is not None:
         return _admitted(b, o, view, q)
     return None
+
+
+def _replace_workload(b: JobBuilder, o: Observed, q: QueueInput, name: str) -> Plan:
+    """The job's queue or gang changed while its Workload holds no quota (Kueue refuses podSet
+    changes once it reserves some): delete that Workload (by uid) and create the new one."""
+    meta = (q.workload or {}).get("metadata") or {}
+    b.plan.delete_workload = (str(meta.get("name") or qu.workload_name(o.job)), meta.get("uid"))
+    b.plan.create_workload = qu.build_workload(o.job, o.spec, name, q.priority)
+    message = f"replacing its Workload in LocalQueue {name}: the job's queue or gang changed"
+    if (b.old.get("queue") or {}).get("message") != message:
+        b.event("Normal", "Requeued", f"Replacing Workload {meta.get('name')}: {message.split(': ')[1]}")
+    b.status["queue"] = {"name": name, "state": "Pending", "message": message}
+    return _queued(b, message)
+
+
+def queue_in_force(b: JobBuilder, o: Observed, q: QueueInput | None) -> QueueInput | None:
+    """The queue this tick plans with (None: plan as a job without a queue). A change of the
+    job's queue takes effect only while the job does not run, as Kueue lets a Job's queue-name
+    change only while the Job is suspended:
+
+    - a job that started without a queue and names one now runs on without it (condition
+      QueueIgnored, a Warning Event); it is queued when it starts again after a suspension;
+    - a job that runs on an admitted Workload follows that Workload until it stops, whatever
+      it names now;
+    - a job that names no queue any more and does not run leaves the queue: its Workload goes
+      (and its quota with it), a suspension by Kueue ends, and it runs without Kueue."""
+    if b.old_phase in TERMINAL:
+        return q
+    view = q.view if q is not None else None
+    if q is not None and view is not None and view.quota_reserved and o.own and q.name != view.queue:
+        return replace(q, name=view.queue)
+    if q is None or q.name is None:
+        _leave_queue(b, q)
+        return None
+    if view is None and "queue" not in b.old and (o.own or b.old_phase in (RUNNING, RESTARTING)):
+        _ignore_queue(b, q.name)
+        return None
+    b.clear(COND_QUEUE_IGNORED, "Queued", f"Queued in LocalQueue {q.name}")
+    return q
+
+
+def _leave_queue(b: JobBuilder, q: QueueInput | None) -> None:
+    """No queue named any more: delete the Workload (its quota goes with it), end a suspension
+    by Kueue, and announce it once (status.queue goes)."""
+    message = "The job names no LocalQueue any more: it runs without Kueue"
+    if q is not None and q.workload is not None:
+        meta = q.workload.get("metadata") or {}
+        b.plan.delete_workload = (str(meta.get("name") or qu.workload_name(b.ref)), meta.get("uid"))
+        message += f" (Workload {meta.get('name')} deleted)"
+    evicted = evicted_by_kueue(b)
+    if evicted:
+        message += ", from its last checkpoint"
+        b.cond(COND_SUSPENDED, False, "QueueRemoved", message)
+        b.status.pop("startTime", None)
+    if evicted or "queue" in b.old:
+        b.event("Normal", "LeftQueue", message)
+    b.status.pop("queue", None)
+    b.clear(COND_QUEUE_IGNORED, "NoQueue", "The job names no LocalQueue")
+
+
+def _ignore_queue(b: JobBuilder, name: str) -> None:
+    """A queue named after the job started: Kueue ignores a queue-name added to a running Job."""
+    message = (
+        f"The job started without a queue: LocalQueue {name} is ignored while it runs "
+        "(it applies when the job starts again after runPolicy.suspend)"
+    )
+    old = next((c for c in b.old.get("conditions") or [] if c.get("type") == COND_QUEUE_IGNORED), {})
+    if old.get("status") != "True":
+        b.event("Warning", "QueueIgnored", message)
+    b.cond(COND_QUEUE_IGNORED, True, "JobRunning", message)
 
 
 def _queued(b: JobBuilder, message: str) -> Plan:
@@ -529,6 +610,7 @@ def plan(
     side of a job that names a LocalQueue (None: not queued, no admission step)."""
     b = JobBuilder(job, dict(status or {}), now, MANAGED_STATUS, Plan)
     o = observe(b, spec, pods, reports)
+    queue = queue_in_force(b, o, queue)
     decided = _decide(b, o, queue)
     if queue is not None:
         workload_upkeep(decided, b, o, queue)
@@ -581,6 +663,17 @@ def _succeed(b: JobBuilder, o: Observed) -> Plan:
     _ended(b, o, COND_SUCCEEDED, reason, message)
     b.event("Normal", "Succeeded", message)
     return b.finish(SUCCEEDED, message)
+
+
+POSITION_REFRESH_S = 15.0
+"""How often a job waiting in a queue looks at its place again (from the visibility API's
+cache, kueue_io.PendingCache): the jobs ahead of it leave without an event of its own."""
+
+
+def position_refresh_after(status: Mapping[str, Any], queue: QueueInput | None) -> float | None:
+    """Seconds until a waiting job's queue position is worth reading again; None when not."""
+    waiting = (status.get("queue") or {}).get("state") == "Queued"
+    return POSITION_REFRESH_S if queue is not None and queue.position_tracked and waiting else None
 
 
 DEADLINE_MARGIN_S = 0.5

@@ -29,6 +29,7 @@ from dmlt_operator.core.conditions import set_condition
 from dmlt_operator.core.objects import JOB_KIND, LABEL_COMPONENT, owner_reference
 from dmlt_operator.trainingjob.build import TRAINER_CONTAINER, JobRef, job_labels
 from dmlt_operator.trainingjob.spec import TrainingJobSpec
+from kubernetes.utils.quantity import parse_quantity
 
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSION = "v1beta2"
@@ -194,11 +195,37 @@ def pod_sets_differ(workload: Mapping[str, Any], spec: TrainingJobSpec) -> bool:
     return _template_core(got.get("template") or {}) != _template_core(wanted["template"])
 
 
+def workload_outdated(workload: Mapping[str, Any], spec: TrainingJobSpec, queue: str) -> bool:
+    """Whether the Workload no longer asks for what the job needs: another LocalQueue, or
+    another gang (pod_sets_differ). Such a Workload is replaced while it holds no quota."""
+    return (workload.get("spec") or {}).get("queueName") != queue or pod_sets_differ(workload, spec)
+
+
 def _template_core(template: Mapping[str, Any]) -> tuple[Any, ...]:
     """What admission depends on, ignoring the fields the apiserver or Kueue default."""
     spec = template.get("spec") or {}
-    containers = [(c.get("name"), c.get("resources") or {}) for c in spec.get("containers") or []]
+    containers = [
+        (c.get("name"), _quantities(c.get("resources") or {})) for c in spec.get("containers") or []
+    ]
     return (containers, spec.get("nodeSelector") or {}, spec.get("tolerations") or [])
+
+
+def _quantities(resources: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Requests and limits by value: Kueue's webhook writes quantities back canonical ("0.5" is
+    read as "500m"), which must not look like an edited spec."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in ("requests", "limits"):
+        values = resources.get(kind) or {}
+        if values:
+            out[kind] = {name: _quantity(value) for name, value in values.items()}
+    return out
+
+
+def _quantity(value: Any) -> Any:
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return str(value)
 
 
 # --------------------------------------------------------------------------- status patches

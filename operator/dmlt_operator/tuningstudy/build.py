@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from dmlt_contract import STORAGE_ENV
@@ -24,6 +25,7 @@ from dmlt_operator.core.objects import (
     owner_reference,
 )
 from dmlt_operator.trainingjob.build import format_number
+from dmlt_operator.trainingjob.queueing import PRIORITY_CLASS_LABEL, priority_class_name
 from dmlt_operator.trainingjob.spec import check_job_name, parse_spec
 from dmlt_operator.tuningstudy.spec import (
     MAX_FAILED_TRIALS,
@@ -43,11 +45,20 @@ ANNOTATION_STARTED = "dmlt.io/trial-started"
 DEFAULT_EXPERIMENT = "dmlt"
 
 
+@dataclass(frozen=True, slots=True)
 class StudyRef(ObjectRef):
     """The identity of a TuningStudy object: enough to name and own its trial jobs (the same
-    metadata fields as a TrainingJob's)."""
+    metadata fields as a TrainingJob's), and what its trials inherit from its labels."""
 
-    __slots__ = ()
+    priority_class: str | None = None
+    """The study's `kueue.x-k8s.io/priority-class` label: every trial job gets it, so the
+    trials queue with the study's WorkloadPriorityClass."""
+
+    @classmethod
+    def from_body(cls, body: Any) -> StudyRef:
+        base = ObjectRef.from_body(body)
+        priority = priority_class_name(body.get("metadata") or {})
+        return cls(base.name, base.namespace, base.uid, base.generation, priority)
 
     @property
     def optuna_name(self) -> str:
@@ -158,13 +169,16 @@ def build_trial_job(
     annotations = {ANNOTATION_PARAMS: json.dumps(params, sort_keys=True, separators=(",", ":"))}
     if started:
         annotations[ANNOTATION_STARTED] = started
+    labels = trial_labels(ref.name, number)
+    if ref.priority_class:
+        labels[PRIORITY_CLASS_LABEL] = ref.priority_class  # Kueue's label, as on the study
     return {
         "apiVersion": API_VERSION,
         "kind": JOB_KIND,
         "metadata": {
             "name": name,
             "namespace": ref.namespace,
-            "labels": trial_labels(ref.name, number),
+            "labels": labels,
             "annotations": annotations,
             "ownerReferences": [owner_reference(ref, STUDY_KIND)],
         },
