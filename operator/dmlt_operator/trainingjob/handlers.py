@@ -49,12 +49,14 @@ POD_EVENTS_WINDOW_S = 0.2
 """A Pod's change wakes its job this much later, so that the few events of one transition (a
 Pod created, scheduled, started; its sibling rank alike) make one reconcile and one status
 write, not one each."""
-STATUS_BATCH_S = 2.0
+STATUS_BATCH_S = 10.0
 """A status change that only details the ranks (a Pod scheduled, its container waiting, one
 rank of several running) is written at most this often per job, and only while the write rate
 limit has room; a new phase, condition or progress is written at once. Like the Job
 controller's pod-event batching, this makes a starting job's status two writes (Pending, then
-Running), not one per step of its Pods, and under a burst leaves the rate to creating Pods."""
+Running), not one per step of its Pods, and under a burst leaves the rate to creating Pods.
+Long enough to cover a Pod's start on simulated nodes (2-5 s), short enough that a rank stuck
+in Pending shows why within seconds."""
 DETAIL_KEYS = frozenset({"ranks", "ready", "message"})
 EXPECTED_PODS_S = 5.0
 """How long a job waits for the Pods it created to show in the Pod watch before it plans
