@@ -320,7 +320,7 @@ def test_flavors_are_read_once_a_minute():
 
 
 def test_the_job_queue_hands_the_worker_the_jobs_workload():
-    jq = handlers.JobQueue(None, {}, {}, None, workloads={("ns", "ddp"): [EVICTED]})
+    jq = handlers.JobQueue(None, {}, None, workloads={("ns", "ddp"): [EVICTED]})
     seen = jq.workload(("ns", "ddp"), body())
     assert seen.workload["metadata"]["name"] == WL and seen.preemptor is None  # hi-uid is not indexed
     assert jq.workload(("ns", "other"), body()) == kq.WorkloadSeen()
