@@ -140,20 +140,6 @@ def run_reported(
         observed.seconds.observe(time.monotonic() - started)
 
 
-def reconcile_timed(
-    tick: Callable[[], None],
-    observed: ReconcileMetrics,
-    delay: float,
-    subject: Subject,
-    outage: tuple[type[Exception], Counter] | None = None,
-) -> None:
-    """kopf's form of run_reported: the reported failure becomes a kopf retry after `delay`."""
-    try:
-        run_reported(tick, observed, subject, outage)
-    except ReconcileFailed as exc:
-        raise kopf.TemporaryError(str(exc), delay=delay) from exc.__cause__
-
-
 def sync_and_write(
     reconcile: Callable[[MutableMapping[str, Any]], Wake],
     observed: ReconcileMetrics,
