@@ -37,8 +37,10 @@ FINALIZER = "dmlt.io/finalizer"
 def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorConfig | None = None) -> None:
     """Operator-wide kopf settings (one operator process serves both resources)."""
     workers = (cfg or OperatorConfig()).workers
-    # The reconcile workers' planners and writes, and the studies' sync handlers, share kopf's
-    # thread pool (a bare ThreadPoolExecutor: min(32, cpu + 4) threads).
+    # The TrainingJob workers' planners and writes (DMLT_WORKERS), the study workers' (4:
+    # tuningstudy/studyqueue.STUDY_WORKERS) and kopf's own sync handlers (a study's spec check
+    # and deletion) share kopf's thread pool (a bare ThreadPoolExecutor: min(32, cpu + 4)
+    # threads by default).
     settings.execution.max_workers = workers + 4
     # Server-side: only the Pods this operator made, not every Pod of the cluster.
     settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -53,10 +55,6 @@ def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorConfig | None =
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    # An object deleted while its timer runs (always the case for TTL deletion, which the timer
-    # itself requests) keeps its finalizer until kopf sees the timer exit: poll every 2 s,
-    # not kopf's default minute.
-    settings.background.cancellation_polling = 2
 
 
 def start_memo(memo: kopf.Memo) -> OperatorConfig:
