@@ -115,7 +115,7 @@ def _list_trials(entry: dict) -> str:
 def render_study_table(entries: Sequence[dict]) -> str:
     """Markdown: a row per figure, a column per study entry (in the order they were run)."""
     head = "| one TuningStudy on kwok (trial Pods end after "
-    lows = sorted({tuple(e.get("complete_after_s") or ()) for e in entries})
+    lows = sorted({tuple(e["complete_after_s"]) for e in entries if e.get("complete_after_s")})
     head += ", ".join(f"{a:g}–{b:g} s" for a, b in lows) + ") |"
     head += "".join(f" {e.get('label') or '–'}, parallelism {e['parallelism']} |" for e in entries)
     lines = [head, "|---|" + "---:|" * len(entries)]
