@@ -141,7 +141,7 @@ STUDY_STEPS = [
     (("store", "set_user_attr"), "connect to MLflow", "fresh"),
     (("store", "list_trials"), "list trials", "fresh"),
     ((study_plan, "plan"), "plan", "fresh"),
-    (("store", "ask"), "act on the plan", "fresh"),
+    (("store", "asker"), "act on the plan", "fresh"),
     ((study_build, "build_trial_job"), "check spec", "fresh"),  # the template is checked first
     (("kube", "create_trainingjob"), "act on the plan", "fresh"),
     (("store", "tell"), "act on the plan", "trials done"),

@@ -451,10 +451,11 @@ def _act(
 
     for number in plan.create_trials:
         create(by_number[number])
+    ask = store.asker(handle, spec, len(trials))
     for _ in range(plan.ask):
         if made.refused or made.invalid:
             break  # the apiserver refuses trial jobs: asking more would only pile up trials
-        trial = store.ask(handle, spec)
+        trial = ask()
         metrics.TRIALS_ASKED.inc()
         log.info("%s: asked trial %d: %s", ref.optuna_name, trial.number, res.format_params(trial.params))
         create(trial)
