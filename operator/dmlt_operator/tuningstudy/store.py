@@ -280,6 +280,11 @@ class StudyStore:
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 if study is None:
                     study = self._study(handle, sampler, pruner)
+                    # Optuna wraps the storage in a per-Study cache that re-reads every
+                    # unfinished trial on each ask (to look for WAITING ones, which the
+                    # operator never enqueues): the database itself answers that in one
+                    # filtered query. Samplers that need history read it all the same.
+                    study._storage = storage
                 else:
                     study.sampler = sampler
                 trial = study.ask(fixed_distributions=distributions(spec))
