@@ -10,8 +10,9 @@
   operator that restarts continues the sequence, it does not repeat it) and never the same
   seed twice. The grid is the exception: Optuna's GridSampler derives its visiting order from
   the seed, so it keeps `algorithm.seed`. `asker` asks several in a row the same way through
-  one Optuna Study, whose trial cache stays warm between them: Optuna reads every trial on
-  each ask of a fresh Study (O(trials) per ask), a warm one only the unfinished and new ones.
+  one Optuna Study on the database itself: a Study that Optuna makes wraps the storage in a
+  cache of its own, which reads every trial on its first ask and every unfinished one on each
+  ask after (O(trials) per ask; 0.31 s at 300 trials here, 0.02 s without).
 - `tell` finishes a trial only while it is RUNNING in the database; the storage re-checks that
   under a row lock, so a result is told exactly once even if two tells race.
 """
@@ -267,7 +268,7 @@ class StudyStore:
     ) -> Callable[[], TrialRecord]:
         """`ask`, for several trials in a row: each call asks one more, seeded as `ask` would
         with `trials_so_far` trials in the study before the first (the caller has just listed
-        them), through one Study, so Optuna reads the finished trials once, not once a trial."""
+        them), through one Study on the database itself (see the module's docstring)."""
         storage = self.storage(handle.url)
         pruner = build_pruner(spec)
         study: Any = None
