@@ -19,7 +19,16 @@ touched. Then, per `--jobs` N:
 Operator peak RSS is VmHWM at the end. Writes benchmarks/results/scale.json (one entry per N,
 replacing an earlier one) and prints the Markdown table of all its entries.
 
+Study mode (`--study-parallelism P`): instead of jobs, one TuningStudy with parallelism P on a
+SQLite Optuna storage (benchmarks/scale/study.py), whose trial Pods kwok completes
+`--study-complete-after` seconds after they run. Times from the apply until P trial jobs exist
+and until P are Running; then, until `--study-trials` trial jobs were created in all, the lag
+from each trial's Pod finishing to the trial job that took its slot; operator CPU and requests
+over that time; the study's deletion. Written under "studies" in scale.json (one entry per
+`--label` and P).
+
 Usage: python -m benchmarks.bench_scale --jobs 100 [--jobs 20] [--nodes 20] [--steady 60]
+       python -m benchmarks.bench_scale --study-parallelism 100 --study-trials 300 --label events
 Needs: bash hack/cluster/build-tools.sh k8s kwok, and etcd on PATH (Debian's etcd-server).
 """
 
@@ -43,11 +52,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.scale import audit, procstat, prom, stats  # noqa: E402
+from benchmarks.scale import study as st  # noqa: E402
 from benchmarks.scale.jobs import example_job, manifest, scale_jobs  # noqa: E402
 from benchmarks.scale.kwok import fake_nodes, kwok_dir, start_kwok  # noqa: E402
 from benchmarks.scale.observe import KubeHttp, Timeline, Watcher  # noqa: E402
 from benchmarks.scale.operator_process import start_operator  # noqa: E402
-from benchmarks.scale.report import render_table  # noqa: E402
+from benchmarks.scale.report import render_study_table, render_table  # noqa: E402
 from tests.helpers.control_plane import ADMIN_TOKEN, OPERATOR_TOKEN, SA_USER, ControlPlane, wait_until  # noqa: E402
 
 RESULTS = HERE / "results" / "scale.json"
@@ -76,6 +86,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     p.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
                    help="override one of the chart's operator settings, e.g. DMLT_API_QPS=100 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--study-parallelism",
+        type=int,
+        default=0,
+        metavar="P",
+        help="study mode: one TuningStudy with this parallelism instead of jobs",
+    )
+    p.add_argument(
+        "--study-trials",
+        type=int,
+        default=300,
+        help="study mode: measure until this many trial jobs were created (default 300)",
+    )
+    p.add_argument(
+        "--study-complete-after",
+        type=float,
+        nargs=2,
+        default=[10.0, 15.0],
+        metavar=("MIN", "MAX"),
+        help="study mode: kwok completes a trial Pod this many seconds after it runs",
+    )
+    p.add_argument("--label", default="", help="study mode: names the entry (e.g. the operator version)")
     args = p.parse_args(argv)
     args.jobs = args.jobs or [20]
     args.operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
@@ -106,14 +138,14 @@ def _seconds_until(
     return None, count()
 
 
-def _prepare(plane: ControlPlane, nodes: int, timeout: float) -> None:
+def _prepare(plane: ControlPlane, nodes: int, timeout: float, extra_stages: str = "") -> None:
     plane.start_controllers(
         # The simulated nodes' health is not what is measured: a kwok starved of CPU on a busy
         # machine must not get its nodes marked NotReady (and their Pods evicted) mid-run. The
         # node lifecycle controller stays on: it lifts the not-ready taint new nodes start with.
         controller_manager_args=["--node-monitor-grace-period=600s"],
     )
-    start_kwok(plane)
+    start_kwok(plane, extra_stages)
     node_file = plane.work / "nodes.yaml"
     node_file.write_text(manifest(fake_nodes(nodes)))
     _kubectl_timed(plane, "create", "-f", str(node_file))
@@ -234,8 +266,67 @@ def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dic
     return entry
 
 
-def _log(jobs: int, message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S} {jobs} jobs] {message}", file=sys.stderr, flush=True)
+def _log(jobs: int | str, message: str) -> None:
+    what = jobs if isinstance(jobs, str) else f"{jobs} jobs"
+    print(f"[{datetime.now():%H:%M:%S} {what}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- study mode
+
+
+def run_study(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One study run on a control plane of its own, in `work` (see the module's docstring)."""
+    par, total = args.study_parallelism, args.study_trials
+    tag = f"study p={par}"
+    policy = work / "audit-policy.yaml"
+    policy.write_text(json.dumps(AUDIT_POLICY))
+    audit_args = [f"--audit-policy-file={policy}", f"--audit-log-path={work / 'audit.log'}",
+                  "--audit-log-maxsize=0"]  # fmt: skip
+    low, high = args.study_complete_after
+    entry: dict[str, Any] = {"label": args.label, "parallelism": par, "trials": total, "nodes": args.nodes,
+                             "complete_after_s": [low, high]}  # fmt: skip
+    stage = manifest([st.trial_complete_stage(int(low * 1000), int(high * 1000))])
+    plane = ControlPlane(work, tokens=[OPERATOR_TOKEN], apiserver_args=audit_args,
+                         manifest_kinds=CHART_API_KINDS)  # fmt: skip
+    with plane:
+        _prepare(plane, args.nodes, args.timeout, stage)
+        secret_file, study_file = work / "secret.yaml", work / "study.yaml"
+        secret_file.write_text(manifest([st.storage_secret(NAMESPACE, f"sqlite:///{work / 'optuna.db'}")]))
+        study_file.write_text(manifest([st.scale_study(NAMESPACE, par, st.example_study())]))
+        _kubectl_timed(plane, "apply", "-f", str(secret_file))
+        http = KubeHttp(plane.server, ADMIN_TOKEN)
+        watcher = Watcher(http, NAMESPACE).start()
+        tl = watcher.timeline
+        kubeconfig = plane.kubeconfig(OPERATOR_TOKEN.token, "operator")
+        env = {"DMLT_DEFAULT_TRACKING_URI": "", **args.operator_env}  # no MLflow server here
+        pid = start_operator(plane, kubeconfig, dict(os.environ), env)
+        entry["operator_env"] = env
+        _log(tag, f"operator up (pid {pid}); applying the study")
+        cpu_start, t0, wall0 = procstat.cpu_seconds(pid), time.monotonic(), time.time()
+        _kubectl_timed(plane, "apply", "-f", str(study_file))
+        count_jobs = lambda: tl.count(lambda t: len(t.job_seen))  # noqa: E731
+        count_running = lambda: tl.count(lambda t: len(t.job_running))  # noqa: E731
+        _seconds_until("trial jobs created", count_jobs, par, t0, args.timeout)
+        _seconds_until("trial jobs Running", count_running, par, t0, args.timeout)
+        _log(tag, f"{par} trial jobs Running; waiting for {total} trial jobs in all")
+        _seconds_until("replacement trial jobs", count_jobs, total, t0, args.timeout)
+        entry["wall_s"] = time.monotonic() - t0
+        entry["operator_cpu_s"] = procstat.cpu_seconds(pid) - cpu_start
+        by_kind, codes = _operator_requests(plane.work, wall0, time.time())
+        entry["operator_requests"] = dict(by_kind.most_common())
+        entry["operator_responses"] = dict(codes.most_common())
+        entry["operator_requests_per_s"] = sum(by_kind.values()) / entry["wall_s"]
+        with tl.lock:
+            seen, running, finished = dict(tl.job_seen), dict(tl.job_running), dict(tl.pod_finished)
+        entry.update(st.summarize(seen, running, finished, par, wall0))
+        _log(tag, "deleting the study")
+        t_del = time.monotonic()
+        _kubectl_timed(plane, "delete", "tuningstudies", "--all", "-n", NAMESPACE,
+                       f"--timeout={int(args.timeout)}s")  # fmt: skip
+        entry["study_deleted_s"] = time.monotonic() - t_del
+        entry["operator_peak_rss_mb"] = procstat.peak_rss_mb(pid)
+        watcher.stop()
+    return entry
 
 
 # --------------------------------------------------------------------------- results
@@ -259,14 +350,30 @@ def _machine() -> dict[str, Any]:
             "python": platform.python_version(), "niceness": os.nice(0)}  # fmt: skip
 
 
-def save(entries: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
-    """Merge `entries` into the file's (one per number of jobs); all of them, ordered."""
-    old = json.loads(path.read_text()).get("runs", []) if path.exists() else []
-    by_jobs = {e["jobs"]: e for e in old} | {e["jobs"]: e for e in entries}
-    merged = [by_jobs[k] for k in sorted(by_jobs)]
+def save(entries: list[dict[str, Any]], path: Path, key: str = "runs") -> list[dict[str, Any]]:
+    """Merge `entries` into the file's list `key` ("runs": one per number of jobs; "studies":
+    one per label and parallelism); all of that list, ordered. Other lists are kept."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    ident = (lambda e: e["jobs"]) if key == "runs" else (lambda e: (e["parallelism"], e.get("label", "")))
+    by_id = {ident(e): e for e in data.get(key, [])}
+    for e in entries:
+        by_id.pop(ident(e), None)  # a rerun goes to the end: the order of the runs
+        by_id[ident(e)] = e
+    merged = [by_id[k] for k in sorted(by_id)] if key == "runs" else list(by_id.values())
+    data[key] = merged
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"runs": merged}, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return merged
+
+
+def _stamp(entry: dict[str, Any], commit: str, kwok_version: str, args: argparse.Namespace) -> None:
+    entry.update(
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+        commit=commit,
+        machine=_machine(),
+        kwok=kwok_version,
+        settings={"settle_s": args.settle, "steady_s": args.steady},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,18 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     # A plain SIGTERM would skip the `finally` that ends the control plane's processes.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kwok_version, commit = kwok_dir().name, _git_commit()  # the code as it was at the start
+    if args.study_parallelism:
+        work = Path(tempfile.mkdtemp(prefix=f"bench-study-{args.study_parallelism}-"))
+        _log("study", f"work directory {work}")
+        entry = run_study(args, work)
+        _stamp(entry, commit, kwok_version, args)
+        print(json.dumps(entry, indent=2), file=sys.stderr)
+        if not args.keep:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+        print(render_study_table(save([entry], args.out, "studies")))
+        return 0
     entries = []
     for jobs in args.jobs:
         work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{jobs}-"))
         _log(jobs, f"work directory {work}")
         entry = run_once(jobs, args.nodes, args, work)
-        entry.update(
-            date=datetime.now(UTC).isoformat(timespec="seconds"),
-            commit=commit,
-            machine=_machine(),
-            kwok=kwok_version,
-            settings={"settle_s": args.settle, "steady_s": args.steady},
-        )
+        _stamp(entry, commit, kwok_version, args)
         entries.append(entry)
         print(json.dumps(entry, indent=2), file=sys.stderr)
         if not args.keep:

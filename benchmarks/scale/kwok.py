@@ -69,7 +69,13 @@ def kwok_command(binary: Path, kubeconfig: Path, stages: Path, kubelet_port: int
     ]  # fmt: skip
 
 
-def start_kwok(plane: ControlPlane) -> None:
+def start_kwok(plane: ControlPlane, extra_stages: str = "") -> None:
+    """kwok with its default stages, and `extra_stages` (YAML documents) after them."""
     found = kwok_dir()
-    argv = kwok_command(found / "bin" / "kwok", plane.admin_kubeconfig, found / "stages.yaml", free_port())
+    stages = found / "stages.yaml"
+    if extra_stages:
+        combined = plane.work / "kwok-stages.yaml"
+        combined.write_text(stages.read_text().rstrip("\n") + "\n---\n" + extra_stages)
+        stages = combined
+    argv = kwok_command(found / "bin" / "kwok", plane.admin_kubeconfig, stages, free_port())
     plane.spawn("kwok", argv)

@@ -1,5 +1,6 @@
-"""When things happened, as this process's watches saw them: each Pod's creation and first
-Running, each job's first phase Running, and each object's deletion (Unix times)."""
+"""When things happened, as this process's watches saw them: each Pod's creation, first Running
+and end (Succeeded or Failed), each job's first phase Running, and each object's deletion (Unix
+times)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class Timeline:
     pod_running: dict[str, float] = field(default_factory=dict)
     pod_job: dict[str, str] = field(default_factory=dict)
     pod_gone: dict[str, float] = field(default_factory=dict)
+    pod_finished: dict[str, float] = field(default_factory=dict)
     job_seen: dict[str, float] = field(default_factory=dict)
     job_running: dict[str, float] = field(default_factory=dict)
     job_gone: dict[str, float] = field(default_factory=dict)
@@ -59,6 +61,8 @@ class Timeline:
         with self.lock:
             self.pod_job.setdefault(name, (pod["metadata"].get("labels") or {}).get(JOB_LABEL, ""))
             _record(kind, pod, at, seen=self.pod_created, running=self.pod_running, gone=self.pod_gone)
+            if kind != "DELETED" and (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                self.pod_finished.setdefault(name, at)
 
     def on_job(self, kind: str, job: dict, at: float) -> None:
         with self.lock:

@@ -74,3 +74,51 @@ def render_table(entries: Sequence[dict], nodes_label: str | None = None) -> str
     for label, cell in ROWS:
         lines.append(f"| {label} |" + "".join(f" {cell(e)} |" for e in entries))
     return "\n".join(lines) + "\n"
+
+
+def _rate(entry: dict) -> str:
+    return f"{_num(entry.get('operator_requests_per_s'))} /s"
+
+
+def _cpu(entry: dict) -> str:
+    return f"{_num(entry.get('operator_cpu_s'))} CPU-s in {_num(entry.get('wall_s'))} s"
+
+
+def _study_lag(entry: dict) -> str:
+    lag = entry.get("replacement_lag_s") or {}
+    if not lag.get("n"):
+        return "–"
+    return " / ".join(_num(lag.get(k), 2) for k in ("p50", "p90", "p99", "max")) + f" s (n = {lag['n']})"
+
+
+STUDY_ROWS: list[tuple[str, Callable[[dict], str]]] = [
+    ("apply → `parallelism` trial jobs created", _seconds("trials_created_s")),
+    ("apply → `parallelism` trial jobs Running", _seconds("trials_running_s")),
+    ("a trial's Pod finished → its replacement trial job created: p50 / p90 / p99 / max", _study_lag),
+    ("trial jobs created in all", lambda e: f"{e.get('trial_jobs_created', '–')}"),
+    ("operator CPU over the run", _cpu),
+    (
+        "operator's API requests over the run (audit log)",
+        lambda e: f"{_num(e.get('operator_requests_per_s'))}/s",
+    ),
+    ("… of them LISTs of trial jobs", lambda e: f"{_list_trials(e)}"),
+    ("operator peak RSS", lambda e: f"{_num(e.get('operator_peak_rss_mb'), 0)} MB"),
+    ("delete the study → gone (its finalizer)", _seconds("study_deleted_s")),
+]
+
+
+def _list_trials(entry: dict) -> str:
+    requests = entry.get("operator_requests") or {}
+    return f"{sum(n for kind, n in requests.items() if kind.startswith('list trainingjobs'))}"
+
+
+def render_study_table(entries: Sequence[dict]) -> str:
+    """Markdown: a row per figure, a column per study entry (in the order they were run)."""
+    head = "| one TuningStudy on kwok (trial Pods end after "
+    lows = sorted({tuple(e["complete_after_s"]) for e in entries if e.get("complete_after_s")})
+    head += ", ".join(f"{a:g}–{b:g} s" for a, b in lows) + ") |"
+    head += "".join(f" {e.get('label') or '–'}, parallelism {e['parallelism']} |" for e in entries)
+    lines = [head, "|---|" + "---:|" * len(entries)]
+    for label, cell in STUDY_ROWS:
+        lines.append(f"| {label} |" + "".join(f" {cell(e)} |" for e in entries))
+    return "\n".join(lines) + "\n"

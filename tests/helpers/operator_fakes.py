@@ -3,6 +3,7 @@ Protocol its handlers are written against, as the real class does (tests/unit/te
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from dmlt_operator.core.kube import StaleRead
@@ -22,6 +23,8 @@ class FakeJobKube:
         self.jobs_deleted: list[str] = []
         self.status_patches: list[tuple[str, dict[str, Any], str | None]] = []
         self.stale = False
+        self.studies: dict[str, dict[str, Any]] = {}
+        """name → a study whose status writes land on it (the rest only record them)."""
         """Refuse status writes as made from a stale read (409)."""
         self.workloads: list[dict[str, Any]] = []
         self.workload_patches: list[tuple[str, dict[str, Any], bool]] = []
@@ -112,6 +115,10 @@ class FakeStudyKube:
         self.events: list[tuple[str, str, str]] = []
         self.refuse: ApiException | None = None
         self.max_active = 0
+        self.status_patches: list[tuple[str, dict[str, Any], str | None]] = []
+        self.stale = False
+        self.studies: dict[str, dict[str, Any]] = {}
+        """name → a study whose status writes land on it (the rest only record them)."""
 
     def read_secret_value(self, namespace, name, key):
         return self.secrets.get((namespace, name, key))
@@ -134,6 +141,22 @@ class FakeStudyKube:
     def delete_trainingjob(self, namespace, name):
         self.deleted.append(name)
         return self.jobs.pop(name, None) is not None
+
+    def patch_study_status(self, namespace, name, status, resource_version=None):
+        """Merge `status` into the study in `studies` (in place, as the apiserver and the watch
+        together would), or into nothing; the study as written."""
+        self.status_patches.append((name, status, resource_version))
+        study = self.studies.get(name)
+        current = (study or {}).get("metadata", {}).get("resourceVersion")
+        if self.stale or (study is not None and resource_version and resource_version != current):
+            raise StaleRead(f"tuningstudies {namespace}/{name} changed since version {resource_version}")
+        version = str(int(resource_version or "0") + 1)
+        if study is None:
+            return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": version}, "status": status}
+        merged = {**(study.get("status") or {}), **status}
+        study["status"] = {k: v for k, v in merged.items() if v is not None}
+        study["metadata"]["resourceVersion"] = version
+        return copy.deepcopy(study)
 
     def post_event(self, body, type_, reason, message):
         self.events.append((type_, reason, message))

@@ -14,6 +14,7 @@ from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.tuningstudy import handlers as h
 from dmlt_operator.tuningstudy import plan as sr
 from dmlt_operator.tuningstudy.store import StudyStore
+from dmlt_operator.tuningstudy.trials import TrialJob, summarize_trial_job
 
 from tests.helpers.operator_fakes import FakeMlflow, FakeStudyKube
 
@@ -57,19 +58,26 @@ class Harness:
             config=self.config, kube=self.kube, study_store=self.store, mlflow_client=self.mlflow
         )
 
+    def trial_jobs(self) -> list[TrialJob]:
+        """The trial jobs as the operator's index holds them (summaries)."""
+        return [j for j in (summarize_trial_job(b) for b in self.kube.jobs.values()) if j is not None]
+
     def tick(self) -> dict[str, Any]:
-        patch = kopf.Patch()
+        status_patch: dict[str, Any] = {}
         try:
-            h.reconcile_study_tick(self.body, self.body["spec"], self.body["status"], patch, self.memo(), LOG)
+            body, memo = self.body, self.memo()
+            self.wake = h.reconcile_study_tick(
+                body, body["spec"], body["status"], status_patch, memo, LOG, self.trial_jobs()
+            )
         finally:
             status = dict(self.body["status"])
-            for key, value in (patch.get("status") or {}).items():
+            for key, value in status_patch.items():
                 if value is None:
                     status.pop(key, None)
                 else:
                     status[key] = value
             self.body["status"] = status
-        return dict(patch.get("status") or {})
+        return status_patch
 
     def trial(self, number: int) -> optuna.Trial:
         storage = self.store.storage(self.url)

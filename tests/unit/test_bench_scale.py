@@ -7,7 +7,8 @@ from benchmarks.scale import audit, procstat, prom, stats
 from benchmarks.scale.jobs import example_job, manifest, scale_jobs
 from benchmarks.scale.kwok import fake_node, kwok_command, pinned_version
 from benchmarks.scale.operator_process import CHART_MANIFEST, chart_operator_env
-from benchmarks.scale.report import ROWS, render_table
+from benchmarks.scale import study as st
+from benchmarks.scale.report import ROWS, STUDY_ROWS, render_study_table, render_table
 
 pytestmark = pytest.mark.unit
 
@@ -195,3 +196,61 @@ def test_operator_settings_can_be_overridden_per_run():
     args = parse_args(["--jobs", "5", "--operator-env", "DMLT_API_QPS=200", "--operator-env", "A=b=c"])
     assert args.jobs == [5] and args.operator_env == {"DMLT_API_QPS": "200", "A": "b=c"}
     assert parse_args([]).operator_env == {}
+
+
+# --------------------------------------------------------------------------- study mode
+
+
+def test_the_scale_study_is_a_valid_study_with_the_budgets_out_of_reach():
+    from dmlt_operator.tuningstudy.spec import parse_study_spec
+
+    doc = st.scale_study("scale", 100, st.example_study())
+    spec = parse_study_spec(doc["spec"])
+    assert (spec.parallelism, spec.algorithm.name, spec.pruner.name) == (100, "random", "none")
+    assert spec.max_trials == spec.max_failed_trials == 10_000
+    assert spec.storage.secret_ref.name == st.STORAGE_SECRET and not spec.mlflow.tracking_uri
+    assert "mlflow" not in doc["spec"]["trialTemplate"]
+    secret = st.storage_secret("scale", "sqlite:////tmp/x.db")
+    assert secret["stringData"] == {st.STORAGE_KEY: "sqlite:////tmp/x.db"}
+
+
+def test_the_kwok_stage_ends_running_trainingjob_pods_after_the_delay():
+    stage = st.trial_complete_stage(10_000, 15_000)
+    spec = stage["spec"]
+    assert spec["delay"] == {"durationMilliseconds": 10_000, "jitterDurationMilliseconds": 15_000}
+    selector = {e["key"]: e for e in spec["selector"]["matchExpressions"]}
+    assert selector[".status.phase"]["values"] == ["Running"]
+    assert selector[".metadata.ownerReferences.[].kind"]["values"] == ["TrainingJob"]
+    assert "phase: Succeeded" in spec["next"]["statusTemplate"]
+
+
+def test_a_replacement_is_paired_with_the_slot_a_finish_freed():
+    # parallelism 2: jobs 0 and 1 fill the slots; each later job takes the slot of the k-th finish
+    created = [0.0, 0.1, 10.5, 12.0, 30.0]
+    finished = [10.0, 11.0, 29.0, 40.0]  # the last finish has no replacement yet
+    assert st.replacement_lags(finished, created, 2) == pytest.approx([0.5, 1.0, 1.0])
+    assert st.replacement_lags([5.0], [0.0, 4.0], 1) == [0.0]  # seen before its finish: 0
+
+
+def test_the_study_summary_times_the_first_parallelism_trials_from_the_apply():
+    seen = {f"t{i}": 100.0 + i for i in range(4)}
+    running = {"t0": 103.0, "t1": 105.0}
+    out = st.summarize(seen, running, {"t0-0": 110.0}, 2, 100.0)
+    assert out["trials_created_s"] == 1.0 and out["trials_running_s"] == 5.0
+    assert out["trial_jobs_created"] == 4 and out["replacement_lag_s"]["n"] == 1
+    assert st.summarize({}, {}, {}, 2, 0.0)["trials_running_s"] is None
+
+
+def test_study_entries_go_under_their_own_key_and_keep_the_job_runs(tmp_path):
+    from benchmarks.bench_scale import save
+
+    path = tmp_path / "scale.json"
+    save([{"jobs": 100, "x": 1}], path)
+    save([{"parallelism": 100, "label": "timer", "y": 1}], path, "studies")
+    save([{"parallelism": 100, "label": "events", "y": 2}], path, "studies")
+    merged = save([{"parallelism": 100, "label": "timer", "y": 3}], path, "studies")
+    assert [(e["label"], e["y"]) for e in merged] == [("events", 2), ("timer", 3)]
+    data = json.loads(path.read_text())
+    assert data["runs"] == [{"jobs": 100, "x": 1}] and len(data["studies"]) == 2
+    table = render_study_table(merged)
+    assert "events, parallelism 100" in table and table.count("\n") == len(STUDY_ROWS) + 2

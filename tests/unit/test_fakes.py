@@ -32,7 +32,8 @@ def test_the_protocols_cover_what_the_handlers_call():
         "read_namespace_labels", "read_pending_workloads", "read_pod_log",
     ]  # fmt: skip
     assert protocol_members(TuningStudyKube) == [
-        "create_trainingjob", "delete_trainingjob", "list_trainingjobs", "post_event", "read_secret_value",
+        "create_trainingjob", "delete_trainingjob", "list_trainingjobs", "patch_study_status", "post_event",
+        "read_secret_value",
     ]  # fmt: skip
     assert protocol_members(MlflowTracking) == ["ensure_parent_run", "finish_run", "register_model"]
 

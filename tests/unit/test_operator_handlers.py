@@ -251,7 +251,7 @@ def test_a_failed_run_writes_its_message_and_reports_the_error():
 
 def test_the_snapshot_prefers_our_own_newer_write_until_the_index_catches_up():
     index_jobs = {("ns", "ddp"): [versioned(rv="41")]}
-    jq = handlers.JobQueue(None, index_jobs, {("ns", "ddp"): [running_pod(0)]}, None)
+    jq = handlers.JobQueue(None, index_jobs, None, pods={("ns", "ddp"): [running_pod(0)]})
     ours = versioned({"phase": "Pending"}, rv="42")
     jq.written[("ns", "ddp")] = (frozenset({"41"}), ours)
     job, pods = jq.snapshot(("ns", "ddp"))
@@ -268,7 +268,7 @@ def test_events_mark_the_job_but_not_for_our_own_write():
     async def scenario():
         from dmlt_operator.core.workqueue import WorkQueue
 
-        jq = handlers.JobQueue(WorkQueue(300), {}, {}, None)
+        jq = handlers.JobQueue(WorkQueue(300), {}, None)
         jq.written[("ns", "ddp")] = (frozenset({"41"}), versioned(rv="42"))
         memo = kopf.Memo(job_queue=jq)
         await handlers.job_event(namespace="ns", name="ddp", body=versioned(rv="42"), memo=memo)
@@ -290,7 +290,7 @@ def test_a_burst_of_pod_events_wakes_the_job_once_in_the_urgent_lane_a_moment_la
     async def scenario():
         from dmlt_operator.core.workqueue import WorkQueue
 
-        jq = handlers.JobQueue(WorkQueue(300), {}, {}, None)
+        jq = handlers.JobQueue(WorkQueue(300), {}, None)
         jq.tasks = [asyncio.current_task()]  # as if the workers ran: none takes a key here
         memo = kopf.Memo(job_queue=jq)
         jq.queue.add(("ns", "new"))
@@ -307,15 +307,15 @@ def test_a_burst_of_pod_events_wakes_the_job_once_in_the_urgent_lane_a_moment_la
 
 def test_a_job_waits_to_see_the_pods_it_created_before_planning_again():
     pods = {("ns", "ddp"): [running_pod(0, "Pending")]}
-    jq = handlers.JobQueue(None, {}, pods, None)
+    jq = handlers.JobQueue(None, {}, None, pods=pods)
     key = ("ns", "ddp")
-    jq.expect(key, (), now=0.0)
+    jq.expect(key, (), now=0.0, wait_s=handlers.EXPECTED_PODS_S)
     assert not jq.awaiting_pods(key, 0.0)
-    jq.expect(key, ("ddp-0", "ddp-1"), now=0.0)
+    jq.expect(key, ("ddp-0", "ddp-1"), now=0.0, wait_s=handlers.EXPECTED_PODS_S)
     assert jq.awaiting_pods(key, 1.0)  # ddp-1 not seen yet
     pods[key].append(running_pod(1, "Pending"))
     assert not jq.awaiting_pods(key, 1.0) and key not in jq.expected
-    jq.expect(key, ("ddp-2",), now=0.0)
+    jq.expect(key, ("ddp-2",), now=0.0, wait_s=handlers.EXPECTED_PODS_S)
     assert not jq.awaiting_pods(key, handlers.EXPECTED_PODS_S)  # never seen: plan anyway
 
 
@@ -398,10 +398,10 @@ def test_under_a_burst_rank_details_leave_the_write_rate_to_pods_and_phases():
 def test_two_writes_in_a_row_are_one_chain_until_the_index_catches_up():
     key = ("ns", "ddp")
     index_jobs = {key: [versioned(rv="41")]}
-    jq = handlers.JobQueue(None, index_jobs, {}, None)
-    jq.remember_write(key, versioned(rv="41"), versioned({"phase": "Pending"}, rv="42"))
+    jq = handlers.JobQueue(None, index_jobs, None)
+    jq.wrote(key, versioned(rv="41"), versioned({"phase": "Pending"}, rv="42"))
     planned, _ = jq.snapshot(key)  # planned from our write v42 while the index shows v41
-    jq.remember_write(key, planned, versioned({"phase": "Running"}, rv="43"))
+    jq.wrote(key, planned, versioned({"phase": "Running"}, rv="43"))
     job, _ = jq.snapshot(key)
     assert job["metadata"]["resourceVersion"] == "43"  # not v41, which both writes replaced
     index_jobs[key] = [versioned({"phase": "Pending"}, rv="42")]

@@ -19,15 +19,27 @@ def test_the_registry_holds_every_handler_with_the_settings_intervals():
     registry = build_registry(cfg)
     activities = ids(registry._activities.get_all_handlers())
     assert activities == ["close_storages", "configure", "configure_studies", "login_via_client", "shutdown"]
-    assert ids(registry._indexing.get_all_handlers()) == ["kueue_workloads", "trainer_pods", "trainingjobs"]
-    assert ids(registry._watching.get_all_handlers()) == ["job_event", "pod_event", "workload_event"]
+    assert ids(registry._indexing.get_all_handlers()) == [
+        "kueue_workloads", "study_trials", "trainer_pods", "trainingjobs", "tuningstudies",
+    ]  # fmt: skip
+    assert ids(registry._watching.get_all_handlers()) == [
+        "job_event", "pod_event", "study_event", "trial_job_event", "workload_event",
+    ]  # fmt: skip
     assert ids(registry._changing.get_all_handlers()) == [
         "check_study_spec",
         "check_study_spec",
         "delete_study",
     ]
-    timers = {str(h.id): h.interval for h in registry._spawning.get_all_handlers()}
-    assert timers == {"reconcile_study": 11}  # TrainingJobs have no timer: events wake them
+    # Neither TrainingJobs nor TuningStudies have a timer: watch events wake them.
+    assert registry._spawning.get_all_handlers() == []
+
+
+def test_studies_keep_a_finalizer_for_their_delete_handler():
+    """Without a timer, the delete handler alone makes kopf put its finalizer on studies: it
+    must not be optional, or a deleted study would leave its Optuna study behind."""
+    registry = build_registry(OperatorConfig())
+    (delete,) = [h for h in registry._changing.get_all_handlers() if str(h.id) == "delete_study"]
+    assert delete.requires_finalizer
 
 
 def test_nothing_asks_kopf_for_a_finalizer_on_trainingjobs():

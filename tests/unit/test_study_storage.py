@@ -106,6 +106,28 @@ def test_the_seed_rule_is_restart_safe_and_never_repeats(tmp_path):
     assert len({p["lr"] for p in uninterrupted}) == 4  # a fresh seed every ask
 
 
+@pytest.mark.parametrize("algorithm", ["random", "tpe"])
+def test_asking_in_a_row_samples_what_asking_one_by_one_does(tmp_path, algorithm):
+    """`asker` (one Study for a reconcile's asks) keeps the seed rule of `ask`."""
+    s = spec(algorithm={"name": algorithm, "seed": 3, "startupTrials": 2}, maxTrials=20)
+    one_by_one, in_a_row = StudyStore(), StudyStore()
+    h1 = one_by_one.open_study(f"sqlite:///{tmp_path / 'a.db'}", "ns.s", "maximize", "u")
+    h2 = in_a_row.open_study(f"sqlite:///{tmp_path / 'b.db'}", "ns.s", "maximize", "u")
+    expected = []
+    for batch in (3, 2):
+        expected += [one_by_one.ask(h1, s) for _ in range(batch)]
+        for trial in expected[-batch:]:
+            one_by_one.tell(h1, trial.number, "COMPLETE", trial.params["lr"])
+    got = []
+    for batch in (3, 2):
+        ask = in_a_row.asker(h2, s, len(in_a_row.list_trials(h2)))
+        got += [ask() for _ in range(batch)]
+        for trial in got[-batch:]:
+            in_a_row.tell(h2, trial.number, "COMPLETE", trial.params["lr"])
+    assert [(t.number, t.params) for t in got] == [(t.number, t.params) for t in expected]
+    assert len({t.params["lr"] for t in got}) == 5
+
+
 def test_tell_is_exactly_once(store, url):
     h = store.open_study(url, "ns.s", "maximize", "u")
     n = store.ask(h, spec()).number

@@ -321,7 +321,7 @@ def test_flavors_are_read_once_a_minute():
 
 
 def test_the_job_queue_hands_the_worker_the_jobs_workload():
-    jq = handlers.JobQueue(None, {}, {}, None, workloads={("ns", "ddp"): [EVICTED]})
+    jq = handlers.JobQueue(None, {}, None, workloads={("ns", "ddp"): [EVICTED]})
     seen = jq.workload(("ns", "ddp"), body())
     assert seen.workload["metadata"]["name"] == WL and seen.preemptor is None  # hi-uid is not indexed
     assert jq.workload(("ns", "other"), body()) == kq.WorkloadSeen()
@@ -415,7 +415,7 @@ def test_a_queued_jobs_status_is_written_only_when_its_position_changes():
     kube = FakeJobKube()
     kube.pending[LQ_PATH] = summary("a", "b", WL)
     memo = memo_of(kube)
-    memo.job_queue = handlers.JobQueue(None, {}, {}, None)
+    memo.job_queue = handlers.JobQueue(None, {}, None)
     seen = kq.WorkloadSeen(PENDING)
     b = body({qu.QUEUE_LABEL: "team-a"}, status={"phase": "Pending", "attempt": 0})
     b["metadata"]["resourceVersion"] = "1"

@@ -187,7 +187,9 @@ class OperatorConfig:
     default_storage_secret_key: str = "url"
     """Key of the URL in that Secret [DMLT_DEFAULT_STORAGE_SECRET_KEY]."""
     study_reconcile_interval_s: float = 5.0
-    """How often each TuningStudy is reconciled [DMLT_STUDY_RECONCILE_INTERVAL_SECONDS]."""
+    """The longest retry interval of a TuningStudy held up by something no watch event announces
+    (its database or Secret, MLflow, a refused trial job); the backoff grows up to it. Events
+    of the study and of its trial jobs wake it at once [DMLT_STUDY_RECONCILE_INTERVAL_SECONDS]."""
     storage_pool_size: int = 2
     """Connections each Optuna storage keeps open (as many more may open briefly)
     [DMLT_STORAGE_POOL_SIZE]."""

@@ -1,7 +1,7 @@
 """Scaffolding the kopf handlers of both resources share: operator-wide kopf settings, the
-clients kept in kopf.Memo, spec checks on create/resume, the timed reconcile wrapper, creating
-children whose refusals are reported rather than raised, reporting a failed tick on the object,
-and recording a permanent failure."""
+clients kept in kopf.Memo, spec checks on create/resume, a reconcile run timed with its failure
+reported on the object, writing only the status that changed, creating children whose refusals
+are reported rather than raised, and recording a permanent failure."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from dmlt_operator.core.failures import (
     classify_creation,
     current_step,
 )
-from dmlt_operator.core.kube import EventSink, Kube, load_config
+from dmlt_operator.core.kube import EventSink, Kube, StaleRead, load_config
+from dmlt_operator.core.objectqueue import Outcome, ReconcileFailed, Wake
 from dmlt_operator.core.objects import GROUP, LABEL_MANAGED_BY, MANAGED_BY, ObjectRef
 from dmlt_operator.core.ratelimit import TokenBucket
 from dmlt_operator.core.spec import SpecError
@@ -36,8 +37,10 @@ FINALIZER = "dmlt.io/finalizer"
 def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorConfig | None = None) -> None:
     """Operator-wide kopf settings (one operator process serves both resources)."""
     workers = (cfg or OperatorConfig()).workers
-    # The reconcile workers' planners and writes, and the studies' sync handlers, share kopf's
-    # thread pool (a bare ThreadPoolExecutor: min(32, cpu + 4) threads).
+    # The TrainingJob workers' planners and writes (DMLT_WORKERS), the study workers' (4:
+    # tuningstudy/studyqueue.STUDY_WORKERS) and kopf's own sync handlers (a study's spec check
+    # and deletion) share kopf's thread pool (a bare ThreadPoolExecutor: min(32, cpu + 4)
+    # threads by default).
     settings.execution.max_workers = workers + 4
     # Server-side: only the Pods this operator made, not every Pod of the cluster.
     settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -52,10 +55,6 @@ def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorConfig | None =
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    # An object deleted while its timer runs (always the case for TTL deletion, which the timer
-    # itself requests) keeps its finalizer until kopf sees the timer exit: poll every 2 s,
-    # not kopf's default minute.
-    settings.background.cancellation_polling = 2
 
 
 def start_memo(memo: kopf.Memo) -> OperatorConfig:
@@ -75,13 +74,13 @@ def start_memo(memo: kopf.Memo) -> OperatorConfig:
 
 
 def accept_spec(kind: str, name: str, check: Callable[[], object], logger: Any) -> None:
-    """on.create/on.resume: reject a bad spec loudly in the operator's log (the timer records
-    it in status)."""
+    """on.create/on.resume: reject a bad spec loudly in the operator's log (the reconcile
+    records it in status)."""
     try:
         check()
     except SpecError as exc:
         raise kopf.PermanentError(str(exc)) from None
-    logger.info("%s %s accepted; the reconcile timer takes it from here", kind, name)
+    logger.info("%s %s accepted; the reconcile workers take it from here", kind, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +113,6 @@ def report_failure(subject: Subject, step: str, failure: Failure) -> str:
     return message
 
 
-class ReconcileFailed(Exception):
-    """A tick failed; the failure is already reported on the object (status message, Event,
-    metric): the caller only retries it."""
-
-
 def run_reported(
     tick: Callable[[], Any],
     observed: ReconcileMetrics,
@@ -144,18 +138,56 @@ def run_reported(
         observed.seconds.observe(time.monotonic() - started)
 
 
-def reconcile_timed(
-    tick: Callable[[], None],
+def sync_and_write(
+    reconcile: Callable[[MutableMapping[str, Any]], Wake],
     observed: ReconcileMetrics,
-    delay: float,
     subject: Subject,
+    write: StatusWriter,
+    stale_retry_s: float,
+    logger: Any,
     outage: tuple[type[Exception], Counter] | None = None,
-) -> None:
-    """kopf's form of run_reported: the reported failure becomes a kopf retry after `delay`."""
+    hold: Callable[[Mapping[str, Any], Mapping[str, Any]], float] | None = None,
+) -> Outcome:
+    """A worker's reconcile of one object (in a thread): `reconcile` plans and acts, putting the
+    status changes in the mapping it is given; then the status is written if it changed. A
+    failure is reported on the object (status message, Event, metric), not raised. A write
+    refused because the object changed since it was read means: plan again in `stale_retry_s`.
+    `hold(old status, changes)`: seconds to put the write off (0: write now); the object is
+    looked at again then, and the changes are planned anew."""
+    status_patch = subject.status_patch
     try:
-        run_reported(tick, observed, subject, outage)
+        wake = run_reported(lambda: reconcile(status_patch), observed, subject, outage)
+        error = None
     except ReconcileFailed as exc:
-        raise kopf.TemporaryError(str(exc), delay=delay) from exc.__cause__
+        wake, error = Wake(), str(exc)
+    wait = hold(subject.body.get("status") or {}, status_patch) if hold and error is None else 0.0
+    if wait > 0:
+        after = wait if wake.after is None else min(wake.after, wait)
+        return Outcome(after, None, None, wake.refused, wake.created)
+    try:
+        written = write_status(write, subject.body, status_patch)
+    except StaleRead as exc:
+        logger.debug("%s: planning again", exc)
+        return Outcome(stale_retry_s, None, error, created=wake.created)
+    return Outcome(wake.after, written, error, wake.refused, wake.created)
+
+
+StatusWriter = Callable[[str, str, dict[str, Any], "str | None"], "dict[str, Any] | None"]
+"""(namespace, name, status changes, resourceVersion) → the object as written (kube.patch_status)."""
+
+
+def write_status(
+    patch: StatusWriter, body: Mapping[str, Any], status_patch: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Merge-patch the changed status keys, only if there are any, and only onto the version of
+    the object they were planned from (else StaleRead); the object as written."""
+    old = body.get("status") or {}
+    changed = {key: value for key, value in status_patch.items() if old.get(key) != value}
+    if not changed:
+        return None
+    meta = body["metadata"]
+    at_step("write status")
+    return patch(meta.get("namespace") or "default", meta["name"], changed, meta.get("resourceVersion"))
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from dmlt_operator.core.leader import LeaseRecord, lease_body, lease_record
-from dmlt_operator.core.objects import GROUP, JOB_PLURAL, VERSION
+from dmlt_operator.core.objects import GROUP, JOB_PLURAL, STUDY_PLURAL, VERSION
 from dmlt_operator.core.ratelimit import TokenBucket, retry_after_seconds
 
 KUEUE_GROUP = "kueue.x-k8s.io"
@@ -102,6 +102,9 @@ class TuningStudyKube(EventSink, Protocol):
     def create_trainingjob(self, job: dict[str, Any]) -> bool: ...
     def list_trainingjobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
     def delete_trainingjob(self, namespace: str, name: str) -> bool: ...
+    def patch_study_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any] | None: ...
 
 
 class Kube:
@@ -329,13 +332,24 @@ class Kube:
         """Merge-patch the job's /status (keys set to None are removed); the job as written, None
         when it is gone. With `resource_version` the write applies only to that version of the
         job, else StaleRead."""
+        return self._patch_status(JOB_PLURAL, namespace, name, status, resource_version)
+
+    def patch_study_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """patch_status for a TuningStudy."""
+        return self._patch_status(STUDY_PLURAL, namespace, name, status, resource_version)
+
+    def _patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any] | None:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
             return self._write(
                 self.custom.patch_namespaced_custom_object_status,
-                GROUP, VERSION, namespace, JOB_PLURAL, name, body,
+                GROUP, VERSION, namespace, plural, name, body,
                 _content_type="application/merge-patch+json",
             )  # fmt: skip
         except ApiException as exc:
@@ -343,7 +357,7 @@ class Kube:
                 return None
             if exc.status == 409:
                 raise StaleRead(
-                    f"TrainingJob {namespace}/{name} changed since version {resource_version}"
+                    f"{plural} {namespace}/{name} changed since version {resource_version}"
                 ) from None
             raise
 

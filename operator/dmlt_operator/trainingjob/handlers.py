@@ -19,10 +19,9 @@ import contextvars
 import functools
 import logging
 from collections.abc import Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import kopf
 from dmlt_operator.core import handlers as core
@@ -30,9 +29,10 @@ from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
-from dmlt_operator.core.kube import StaleRead, TrainingJobKube
+from dmlt_operator.core.kube import TrainingJobKube
+from dmlt_operator.core.objectqueue import ObjectQueue, Outcome, Wake
 from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, VERSION, lean, managed_labels
-from dmlt_operator.core.workqueue import GONE, Requeue, WorkQueue, start_workers, stop_workers
+from dmlt_operator.core.workqueue import GONE, WorkQueue
 from dmlt_operator.trainingjob import admission as ad
 from dmlt_operator.trainingjob import build as res
 from dmlt_operator.trainingjob import kueue_io as kq
@@ -51,12 +51,12 @@ Pod created, scheduled, started; its sibling rank alike) make one reconcile and 
 write, not one each."""
 STATUS_BATCH_S = 10.0
 """A status change that only details the ranks (a Pod scheduled, its container waiting, one
-rank of several running) is written at most this often per job, and only while the write rate
-limit has room; a new phase, condition or progress is written at once. Like the Job
-controller's pod-event batching, this makes a starting job's status two writes (Pending, then
-Running), not one per step of its Pods, and under a burst leaves the rate to creating Pods.
-Long enough to cover a Pod's start on simulated nodes (2-5 s), short enough that a rank stuck
-in Pending shows why within seconds."""
+rank of several running) is written at most this often per job, and not while writers queue on
+the rate limit; a new phase, condition or progress is written at once, with the details. Like
+the Job controller's batching of Pod events, this makes a starting job's status two writes
+(Pending, then Running), not one per step of its Pods, and under a burst leaves the write rate
+to creating Pods. Long enough to cover a Pod's start on simulated nodes (measured 2-16 s in a
+burst), short enough that a rank stuck in Pending shows why within seconds."""
 DETAIL_KEYS = frozenset({"ranks", "ready", "message"})
 EXPECTED_PODS_S = 5.0
 """How long a job waits for the Pods it created to show in the Pod watch before it plans
@@ -88,97 +88,39 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     )
 
 
-@dataclass(slots=True)
-class JobQueue:
-    """The TrainingJob work queue and what its workers read: the indexes (live views kept by
-    kopf on the event loop), kopf's thread pool, and the status each worker wrote last."""
+@dataclass(slots=True, kw_only=True)
+class JobQueue(ObjectQueue[JobKey]):
+    """The TrainingJob work queue (its `objects`: the jobs index) and what else its workers
+    read: the Pods index, Kueue's Workloads."""
 
-    queue: WorkQueue[JobKey]
-    jobs: Any
-    pods: Any
-    executor: Executor | None
-    written: dict[JobKey, tuple[frozenset[str], dict[str, Any]]] = field(default_factory=dict)
-    """key → (the resourceVersions our status writes replaced since the index last caught up,
-    the job our last write returned)."""
-    tasks: list[asyncio.Task] = field(default_factory=list)
-    workers: int = 1
-    write_times: dict[JobKey, float] = field(default_factory=dict)
-    """key → when (loop time) its status was last written."""
-    expected: dict[JobKey, tuple[frozenset[str], float]] = field(default_factory=dict)
-    """key → (the Pods its last run created, until when to wait for them to be seen)."""
+    pods: Any = field(default_factory=dict)
+    """The Pods index: (namespace, job name) → summaries of the job's Pods."""
     workloads: Any = field(default_factory=dict)
     """The Kueue Workloads index (empty without Kueue)."""
     flavors: kq.FlavorCache = field(default_factory=kq.FlavorCache)
-    pending: kq.PendingCache = field(default_factory=kq.PendingCache)
-    """Kueue's visibility API per LocalQueue (queue positions), shared by the workers."""
 
     def mark(self, key: JobKey, memo: kopf.Memo, urgent: bool = False, after: float = 0.0) -> None:
-        """Queue `key` in `after` seconds (`urgent`: before the plain marks). The first mark
-        starts the workers: from a resource handler, so that they inherit kopf's context (its
-        Event poster), which startup handlers lack."""
-        if not self.tasks:
-            run = functools.partial(run_job, self, memo)
-            self.tasks = start_workers(self.queue, run, self.workers, "trainingjob")
+        """Queue `key` in `after` seconds (`urgent`: before the plain marks); the first mark
+        starts the workers."""
+        self.start(functools.partial(run_job, self, memo), "trainingjob")
         self.queue.add_after(key, after, urgent)
 
-    def expect(self, key: JobKey, created: tuple[str, ...], now: float) -> None:
-        """The last run created these Pods: wait for them before planning again."""
-        if created:
-            self.expected[key] = (frozenset(created), now + EXPECTED_PODS_S)
-
     def awaiting_pods(self, key: JobKey, now: float) -> bool:
-        """Has the job created Pods that the Pod watch has not shown yet (and not for too
-        long)? Planning from such a view would create them again (409s) and write a status
-        that the next event undoes."""
-        expected = self.expected.get(key)
-        if expected is None:
-            return False
-        names, deadline = expected
-        if now < deadline and not names <= {p.name for p in self.pods.get(key, [])}:
-            return True
-        del self.expected[key]
-        return False
-
-    def own_write(self, key: JobKey, resource_version: str | None) -> bool:
-        """Is this version of the job the one our own status write made?"""
-        written = self.written.get(key)
-        return written is not None and resource_version == _version(written[1])
-
-    def remember_write(self, key: JobKey, planned_from: Mapping[str, Any], written: dict[str, Any]) -> None:
-        """Our status write replaced `planned_from`. When that was itself our previous write,
-        the index may still show the version before it: every version of the chain is older
-        than `written`."""
-        replaced = {_version(planned_from) or ""}
-        prior = self.written.get(key)
-        if prior is not None and _version(prior[1]) == _version(planned_from):
-            replaced |= prior[0]
-        self.written[key] = (frozenset(replaced), written)
+        """Has the job created Pods that the Pod watch has not shown yet (and not for too long)?"""
+        return self.awaiting(key, [p.name for p in self.pods.get(key, [])], now)
 
     def snapshot(self, key: JobKey) -> tuple[dict[str, Any], list[PodSummary]] | None:
         """The job (None when gone) and its Pods, as of now. Called on the event loop, so the
-        indexes do not change under it. When the index still shows the version our last write
-        replaced, the job that write returned is newer: plan from that."""
-        bodies = list(self.jobs.get(key, []))
-        if not bodies:
-            self.written.pop(key, None)
-            self.write_times.pop(key, None)
+        indexes do not change under it."""
+        body = self.current(key)
+        if body is None:
             return None
-        body = bodies[-1]
-        written = self.written.get(key)
-        if written is not None and _version(body) in written[0]:
-            body = written[1]
-        elif written is not None:
-            del self.written[key]
         return body, list(self.pods.get(key, []))
 
     def workload(self, key: JobKey, body: Mapping[str, Any]) -> kq.WorkloadSeen:
         """The job's Kueue Workload as of now (on the event loop, like snapshot)."""
         uid = (body.get("metadata") or {}).get("uid") or ""
         return kq.workload_of(uid, list(self.workloads.get(key, [])), self.workloads.values())
-
-
-def _version(body: Mapping[str, Any]) -> str | None:
-    return (body.get("metadata") or {}).get("resourceVersion")
 
 
 async def configure(
@@ -193,19 +135,17 @@ async def configure(
     """Operator settings, the clients, and the TrainingJob workers."""
     cfg = core.start_memo(memo)
     core.configure_kopf(settings, cfg)
-    jq = JobQueue(
-        WorkQueue(cfg.reconcile_interval_s), trainingjobs, trainer_pods, settings.execution.executor
-    )
-    jq.workers = cfg.workers
-    jq.workloads = kueue_workloads
-    memo.job_queue = jq
+    memo.job_queue = JobQueue(
+        WorkQueue(cfg.reconcile_interval_s), trainingjobs, settings.execution.executor,
+        workers=cfg.workers, pods=trainer_pods, workloads=kueue_workloads,
+    )  # fmt: skip
     logger.info("dmlt operator configured: %s", cfg)
 
 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     jq: JobQueue | None = memo.get("job_queue")
     if jq is not None:
-        await stop_workers(jq.queue, jq.tasks)
+        await jq.stop()
 
 
 async def trainer_pods(namespace: str, labels: Any, body: Any, **_: Any) -> dict[Any, Any]:
@@ -262,44 +202,11 @@ async def run_job(jq: JobQueue, memo: kopf.Memo, key: JobKey) -> float | None:
         return GONE
     body, pods = seen
     workload = jq.workload(key, body)
-    hold = jq.write_times.get(key, -STATUS_BATCH_S) + STATUS_BATCH_S - loop.time()
+    hold = max(jq.since_write(key, loop.time(), STATUS_BATCH_S), 0.0)
     context = contextvars.copy_context()  # kopf's event poster and our step marker
-    call = functools.partial(sync_job, body, pods, memo, log, workload, max(hold, 0.0))
+    call = functools.partial(sync_job, body, pods, memo, log, workload, hold)
     outcome = await loop.run_in_executor(jq.executor, context.run, call)
-    jq.expect(key, outcome.created, loop.time())
-    if outcome.written is not None:
-        jq.remember_write(key, body, lean(outcome.written))
-        jq.write_times[key] = loop.time()
-    if outcome.error is not None:
-        raise core.ReconcileFailed(outcome.error)
-    if outcome.refused:
-        raise Requeue()
-    return outcome.requeue_after
-
-
-class Wake(NamedTuple):
-    """What a reconcile asks of the queue: a wake-up after `after` seconds (a clock deadline;
-    None: only the resync), and whether to retry with backoff (a child refused for now)."""
-
-    after: float | None = None
-    refused: bool = False
-    created: tuple[str, ...] = ()
-    """The Pods this run created."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    requeue_after: float | None = None
-    """Seconds until a clock deadline of the job (None: only the resync)."""
-    written: dict[str, Any] | None = None
-    """The job as our status write returned it, if we wrote."""
-    error: str | None = None
-    """Why the reconcile failed (reported on the job already)."""
-    refused: bool = False
-    """The apiserver refused a child for now (quota, RBAC; reported in status): try again with
-    backoff, since no event announces a raised quota."""
-    created: tuple[str, ...] = ()
-    """The Pods this run created (the queue waits to see them before the next plan)."""
+    return jq.settle(key, body, outcome, loop.time(), EXPECTED_PODS_S)
 
 
 def sync_job(
@@ -313,51 +220,25 @@ def sync_job(
     """One reconcile of one job (in a worker thread): plan and act, then write the status if
     it changed. A failure is reported on the job (status message, Event, metric), not raised.
     `hold`: seconds until a change of rank details alone may be written (STATUS_BATCH_S)."""
-    status_patch: dict[str, Any] = {}
-    subject = core.Subject(JOB_KIND, memo.kube, body, dict(body.get("status") or {}), status_patch)
-    try:
-        wake = core.run_reported(
-            lambda: reconcile_job(body, pods, status_patch, memo, logger, workload),
-            RECONCILE_METRICS,
-            subject,
-        )
-        error = None
-    except core.ReconcileFailed as exc:
-        wake, error = Wake(), str(exc)
-    if error is None and only_details(body.get("status") or {}, status_patch):
-        limiter = getattr(memo.kube, "limiter", None)
-        hold = max(hold, STATUS_BATCH_S if limiter is not None and limiter.busy() else 0.0)
-        if hold > 0:
-            after = hold if wake.after is None else min(wake.after, hold)
-            return Outcome(after, None, None, wake.refused, wake.created)
-    try:
-        written = write_status(memo.kube, body, status_patch)
-    except StaleRead as exc:
-        logger.debug("%s: planning again", exc)
-        return Outcome(STALE_RETRY_S, None, error, created=wake.created)
-    return Outcome(wake.after, written, error, wake.refused, wake.created)
+    subject = core.Subject(JOB_KIND, memo.kube, body, dict(body.get("status") or {}), {})
+    limiter = getattr(memo.kube, "limiter", None)
+
+    def details_wait(old: Mapping[str, Any], status_patch: Mapping[str, Any]) -> float:
+        if not only_details(old, status_patch):
+            return 0.0
+        return max(hold, STATUS_BATCH_S if limiter is not None and limiter.busy() else 0.0)
+
+    return core.sync_and_write(
+        lambda status_patch: reconcile_job(body, pods, status_patch, memo, logger, workload),
+        RECONCILE_METRICS, subject, memo.kube.patch_status, STALE_RETRY_S, logger,
+        hold=details_wait,
+    )  # fmt: skip
 
 
 def only_details(old: Mapping[str, Any], status_patch: Mapping[str, Any]) -> bool:
     """Does the change touch only the ranks' details (DETAIL_KEYS), and something at all?"""
     changed = {key for key, value in status_patch.items() if old.get(key) != value}
     return bool(changed) and changed <= DETAIL_KEYS
-
-
-def write_status(
-    kube: TrainingJobKube, body: Mapping[str, Any], status_patch: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Merge-patch the changed status keys, only if there are any, and only onto the version of
-    the job they were planned from; the job as written."""
-    old = body.get("status") or {}
-    changed = {key: value for key, value in status_patch.items() if old.get(key) != value}
-    if not changed:
-        return None
-    meta = body["metadata"]
-    at_step("write status")
-    return kube.patch_status(
-        meta.get("namespace") or "default", meta["name"], changed, meta.get("resourceVersion")
-    )
 
 
 def read_reports(
@@ -402,7 +283,7 @@ def reconcile_job(
         check_job_name(job.name)
         job_spec = parse_spec(dict(body.get("spec") or {}))
         at_step("check queue")
-        queue = kq.queue_input(kube, cfg, *_kueue_caches(memo), body, job_spec, workload)
+        queue = kq.queue_input(kube, cfg, _flavors(memo), body, job_spec, workload)
     except (SpecError, qu.QueueError) as exc:
         fail_job(kube, body, job, old_status, str(exc), now, status_patch)
         return Wake()
@@ -429,8 +310,6 @@ def reconcile_job(
         kube.delete_trainingjob(job.namespace, job.name)
         return Wake()
     after = next_wake(cfg, job, job_spec, plan.status, pods, now)
-    refresh = rc.position_refresh_after(plan.status, queue)
-    after = refresh if after is None or (refresh is not None and refresh < after) else after
     return Wake(after, bool(made.refused), tuple(made.created))
 
 
@@ -476,9 +355,9 @@ def remove_pods(kube: TrainingJobKube, job: res.JobRef, pods: list[PodSummary], 
         kube.delete_pod(job.namespace, pod_name, known.get(pod_name))
 
 
-def _kueue_caches(memo: kopf.Memo) -> tuple[kq.FlavorCache, kq.PendingCache | None]:
+def _flavors(memo: kopf.Memo) -> kq.FlavorCache:
     jq: JobQueue | None = memo.get("job_queue")
-    return (jq.flavors, jq.pending) if jq is not None else (kq.FlavorCache(), None)
+    return jq.flavors if jq is not None else kq.FlavorCache()
 
 
 def rank_pod(plan: rc.Plan, job: res.JobRef, job_spec: Any, rank: int, cfg: OperatorConfig) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""kopf handlers of TuningStudies: thin glue between the timer, the planner and the I/O modules.
+"""kopf handlers of TuningStudies: thin glue between watch events, the work queue, the planner
+and the I/O modules.
 
-One timer per study, level-triggered like the TrainingJob's: each tick reads the study's
-storage URL from its Secret, opens the Optuna study (creating it the first time), makes sure
-its MLflow parent run exists, lists the trials in the database and the trial TrainingJobs in
-the API, asks the pure planner (tuningstudy.plan) what to do, does it, and writes status.
-Nothing is remembered between ticks except in the database, the API and the status, so an
-operator restart, a lost database connection or a killed trial Pod is just another tick.
+Watch events of a study and of its trial jobs mark the study in a coalescing work queue
+(tuningstudy/studyqueue.py). A worker's reconcile (`sync_study`), level-triggered like the
+TrainingJob's: it reads the study's storage URL from its Secret (cached), opens the Optuna study
+(creating it the first time), makes sure its MLflow parent run exists, lists the trials in the
+database, takes the trial TrainingJobs from kopf's index (no LIST), asks the pure planner
+(tuningstudy.plan) what to do, does it, and merge-patches the status if, and only if, it
+changed. Nothing is remembered between reconciles except in the database, the API and the
+status, so an operator restart, a lost database connection or a killed trial Pod is just another
+reconcile. Deleting a study stays a kopf handler (with its finalizer): it drops the Optuna study.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +31,12 @@ from dmlt_operator.core.conditions import FAILED, MAX_MESSAGE, PENDING, TERMINAL
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.failures import INVALID_SPEC, at_step, current_step
 from dmlt_operator.core.kube import TuningStudyKube
-from dmlt_operator.core.objects import GROUP, STUDY_KIND, STUDY_PLURAL, VERSION
+from dmlt_operator.core.objectqueue import Outcome, Wake
+from dmlt_operator.core.objects import GROUP, JOB_PLURAL, STUDY_KIND, STUDY_PLURAL, VERSION, managed_labels
+from dmlt_operator.core.workqueue import Backoff, WorkQueue
 from dmlt_operator.tuningstudy import build as res
 from dmlt_operator.tuningstudy import plan as sp
+from dmlt_operator.tuningstudy import studyqueue as sq
 from dmlt_operator.tuningstudy.build import StudyRef
 from dmlt_operator.tuningstudy.mlflow_rest import (
     TAG_STUDY,
@@ -54,7 +61,7 @@ from dmlt_operator.tuningstudy.store import (
     StudyStore,
 )
 from dmlt_operator.tuningstudy.store import describe_error as describe_storage_error
-from dmlt_operator.tuningstudy.trials import TrialRecord, summarize_trial_job
+from dmlt_operator.tuningstudy.trials import TrialJob, TrialRecord, summarize_trial_job
 
 log = logging.getLogger(__name__)
 """Routine progress goes here; kopf's per-object `logger` would also post each line as an Event."""
@@ -68,24 +75,32 @@ SECRET_TTL_S = 600.0
 
 
 class StorageUnavailable(Exception):
-    """The study's database cannot be used right now (retried on the next tick)."""
+    """The study's database cannot be used right now (retried with backoff)."""
 
 
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
-    """Register the TuningStudy handlers; `cfg` gives the timer its interval."""
+    """Register the TuningStudy handlers: two indexes, two wake-up hooks, the workers' start and
+    stop, the spec check on create, and the deletion (which keeps kopf's finalizer on studies).
+    No timer."""
     kopf.on.startup(registry=registry)(configure_studies)
     kopf.on.cleanup(registry=registry)(close_storages)
     kopf.on.create(GROUP, VERSION, STUDY_PLURAL, registry=registry)(check_study_spec)
     kopf.on.resume(GROUP, VERSION, STUDY_PLURAL, registry=registry)(check_study_spec)
-    interval = cfg.study_reconcile_interval_s
-    kopf.timer(GROUP, VERSION, STUDY_PLURAL, interval=interval, registry=registry)(reconcile_study)
-    kopf.on.delete(GROUP, VERSION, STUDY_PLURAL, optional=True, registry=registry)(delete_study)
+    trial_labels = managed_labels(res.LABEL_STUDY, kopf.PRESENT)
+    kopf.index(GROUP, VERSION, STUDY_PLURAL, registry=registry)(sq.tuningstudies)
+    kopf.index(GROUP, VERSION, JOB_PLURAL, labels=trial_labels, registry=registry)(sq.study_trials)
+    kopf.on.event(GROUP, VERSION, STUDY_PLURAL, registry=registry)(sq.study_event)
+    kopf.on.event(GROUP, VERSION, JOB_PLURAL, labels=trial_labels, registry=registry)(sq.trial_job_event)
+    # Not optional: with no timer left, this handler is what keeps kopf's finalizer on studies,
+    # so that a deleted study's Optuna study is dropped (an optional one runs only if something
+    # else holds a finalizer).
+    kopf.on.delete(GROUP, VERSION, STUDY_PLURAL, registry=registry)(delete_study)
 
 
 class SecretCache:
     """Storage URLs read from Secrets, kept `ttl_s`: a study's tick reads its Secret only when
     the URL is unknown, older than that, or was forgotten after a storage error (so a fixed or
-    rotated Secret is read again). Thread-safe: study timers run in kopf's thread pool."""
+    rotated Secret is read again). Thread-safe: study reconciles run in kopf's thread pool."""
 
     def __init__(self, ttl_s: float = SECRET_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s, self._clock = ttl_s, clock
@@ -108,8 +123,26 @@ class SecretCache:
             self._urls.pop(key, None)
 
 
-def configure_studies(memo: kopf.Memo, logger: Any, **_: Any) -> None:
+async def configure_studies(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: Any,
+    tuningstudies: kopf.Index,
+    study_trials: kopf.Index,
+    **_: Any,
+) -> None:
+    """The clients of studies (storage, MLflow), the Secret cache and the study work queue.
+
+    A study that something outside the watch holds up (its database or Secret, a trial job the
+    apiserver refuses) is retried with backoff up to the study retry interval
+    (DMLT_STUDY_RECONCILE_INTERVAL_SECONDS)."""
     cfg = core.start_memo(memo)
+    retry_s = cfg.study_reconcile_interval_s
+    queue: WorkQueue[sq.StudyKey] = WorkQueue(cfg.reconcile_interval_s, Backoff(min(1.0, retry_s), retry_s))
+    memo.study_queue = sq.StudyQueue(
+        queue, tuningstudies, settings.execution.executor,
+        workers=sq.STUDY_WORKERS, trials=study_trials, sync=sync_study,
+    )  # fmt: skip
     if "secret_cache" not in memo:
         memo.secret_cache = SecretCache()
     if "study_store" not in memo:
@@ -122,27 +155,30 @@ def configure_studies(memo: kopf.Memo, logger: Any, **_: Any) -> None:
     )  # fmt: skip
 
 
-def close_storages(memo: kopf.Memo, **_: Any) -> None:
+async def close_storages(memo: kopf.Memo, **_: Any) -> None:
+    queue: sq.StudyQueue | None = memo.get("study_queue")
+    if queue is not None:
+        await queue.stop()
     store = memo.get("study_store")
     if store is not None:
         store.close()
 
 
 def check_study_spec(name: str, spec: Any, logger: Any, **_: Any) -> None:
-    """Reject a bad spec loudly in the operator's log; the timer records it in status."""
+    """Reject a bad spec loudly in the operator's log; the reconcile records it in status."""
     core.accept_spec(STUDY_KIND, name, lambda: (check_study_name(name), parse_study_spec(dict(spec))), logger)
 
 
-def reconcile_study(
-    body: Any, spec: Any, status: Any, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-) -> None:
-    core.reconcile_timed(
-        lambda: reconcile_study_tick(body, spec, status, patch, memo, logger),
-        RECONCILE_METRICS,
-        memo.config.study_reconcile_interval_s,
-        core.Subject(STUDY_KIND, memo.kube, body, dict(status or {}), patch.status),
+def sync_study(body: dict[str, Any], jobs: list[TrialJob], memo: kopf.Memo, logger: Any = log) -> Outcome:
+    """One reconcile of one study (in a worker thread): plan and act, then write the status if
+    it changed. A failure is reported on the study (status message, Event, metric), not raised."""
+    status, spec = dict(body.get("status") or {}), body.get("spec") or {}
+    subject = core.Subject(STUDY_KIND, memo.kube, body, status, {})
+    return core.sync_and_write(
+        lambda status_patch: reconcile_study_tick(body, spec, status, status_patch, memo, logger, jobs),
+        RECONCILE_METRICS, subject, memo.kube.patch_study_status, sq.STALE_RETRY_S, logger,
         outage=(StorageUnavailable, metrics.STUDY_STORAGE_ERRORS),
-    )
+    )  # fmt: skip
 
 
 def storage_secret(spec: TuningStudySpec, cfg: OperatorConfig) -> SecretKeyRef | None:
@@ -202,7 +238,7 @@ class StorageGuard:
     ref: StudyRef
     old: dict[str, Any]
     now: Any
-    patch: kopf.Patch
+    status_patch: MutableMapping[str, Any]
     url: str = ""
 
     @contextmanager
@@ -219,18 +255,18 @@ class StorageGuard:
 
     def record(self, message: str) -> None:
         """Say in status that the database is out of reach; the phase stays what it was."""
-        ref, old, patch = self.ref, self.old, self.patch
+        ref, old, status_patch = self.ref, self.old, self.status_patch
         conditions = set_condition(
             old.get("conditions") or [], sp.COND_STORAGE, False, "StorageUnavailable", message, self.now,
             ref.generation,
         )  # fmt: skip
         if conditions != (old.get("conditions") or []):
-            patch.status["conditions"] = conditions
+            status_patch["conditions"] = conditions
         if old.get("message") != message[:MAX_MESSAGE]:
-            patch.status["message"] = message[:MAX_MESSAGE]
+            status_patch["message"] = message[:MAX_MESSAGE]
         if not old.get("phase"):
-            patch.status["phase"] = PENDING
-            patch.status["studyName"] = ref.optuna_name
+            status_patch["phase"] = PENDING
+            status_patch["studyName"] = ref.optuna_name
         PHASE_TRACKER.set(ref.namespace, ref.name, old.get("phase") or PENDING)
 
 
@@ -238,7 +274,7 @@ def _open_storage(
     guard: StorageGuard, ref: StudyRef, spec: TuningStudySpec, memo: kopf.Memo
 ) -> tuple[SecretKeyRef, Any]:
     """The study's Secret and its open Optuna study. After a storage error the cached URL is
-    forgotten, so the next tick reads the Secret again."""
+    forgotten, so the next reconcile reads the Secret again."""
     cache: SecretCache | None = memo.get("secret_cache")
     wanted = storage_secret(spec, memo.config)
     try:
@@ -255,7 +291,7 @@ def _open_storage(
 
 @dataclass(frozen=True, slots=True)
 class Tracking:
-    """The study's MLflow side this tick: its client, parent run, and why trials must wait."""
+    """The study's MLflow side this reconcile: its client, parent run, and why trials must wait."""
 
     uri: str
     client: MlflowTracking | None
@@ -264,8 +300,17 @@ class Tracking:
 
 
 def reconcile_study_tick(
-    body: Any, spec: Any, status: Any, patch: kopf.Patch, memo: kopf.Memo, logger: Any
-) -> None:
+    body: Any,
+    spec: Any,
+    status: Any,
+    status_patch: MutableMapping[str, Any],
+    memo: kopf.Memo,
+    logger: Any,
+    jobs: Sequence[TrialJob],
+) -> Wake:
+    """Plan the study from its last status, its trials in the database and its trial jobs
+    (`jobs`, from the index), make the plan happen, and put the status changes in
+    `status_patch`; when to look at the study again."""
     cfg: OperatorConfig = memo.config
     kube: TuningStudyKube = memo.kube
     store: StudyStore = memo.study_store
@@ -280,28 +325,25 @@ def reconcile_study_tick(
         # The trial template first: its errors must not hide behind the storage's.
         res.check_trial_job(ref, study_spec, storage_secret(study_spec, cfg))
     except StudySpecError as exc:
-        _record_failed(body, ref, old, "InvalidSpec", str(exc), patch.status, kube)
-        return
+        _record_failed(body, ref, old, "InvalidSpec", str(exc), status_patch, kube)
+        return Wake()
     if old.get("phase") in TERMINAL and not sp.needs_finalize(old):
         PHASE_TRACKER.set(ref.namespace, ref.name, old["phase"])
-        return
+        return Wake()
 
-    guard = StorageGuard(ref, old, now, patch)
+    guard = StorageGuard(ref, old, now, status_patch)
     at_step("open storage")
     try:
         secret, handle = _open_storage(guard, ref, study_spec, memo)
     except StudyConflict as exc:
-        _record_failed(body, ref, old, "StudyConflict", str(exc), patch.status, kube)
-        return
+        _record_failed(body, ref, old, "StudyConflict", str(exc), status_patch, kube)
+        return Wake()
 
     at_step("connect to MLflow")
     tracking, handle = _tracking(memo, store, handle, ref, study_spec, old, cfg)
     at_step("list trials")
     with guard.errors():
         trials = store.list_trials(handle)
-    at_step("list trial jobs")
-    listed = kube.list_trainingjobs(ref.namespace, res.study_selector(ref.name))
-    jobs = [j for j in (summarize_trial_job(b) for b in listed) if j is not None]
 
     at_step("plan")
     plan = sp.plan(
@@ -316,16 +358,17 @@ def reconcile_study_tick(
     at_step("act on the plan")
     with guard.errors():
         made = _act(plan, kube, store, handle, ref, study_spec, trials, secret, tracking.parent)
-    if not _announce(made, plan, core.Subject(STUDY_KIND, kube, body, old, patch.status), ref):
-        return
+    if not _announce(made, plan, core.Subject(STUDY_KIND, kube, body, old, status_patch), ref):
+        return Wake()
     if plan.finalize is not None:
         at_step("finalize")
         conditions = _finalize(plan, conditions, tracking, ref, body, kube, now, logger)
     plan.status["conditions"] = conditions
 
-    for key, value in sp.status_delta(old, plan.status).items():
-        patch.status[key] = value
+    status_patch.update(sp.status_delta(old, plan.status))
     PHASE_TRACKER.set(ref.namespace, ref.name, plan.status["phase"])
+    after = sp.requeue_after(plan.status, tracking.blocked, cfg.study_reconcile_interval_s)
+    return Wake(after, bool(made.refused), tuple(made.created))
 
 
 def _announce(made: core.Creations, plan: sp.StudyPlan, subject: core.Subject, ref: StudyRef) -> bool:
@@ -408,10 +451,11 @@ def _act(
 
     for number in plan.create_trials:
         create(by_number[number])
+    ask = store.asker(handle, spec, len(trials))
     for _ in range(plan.ask):
         if made.refused or made.invalid:
             break  # the apiserver refuses trial jobs: asking more would only pile up trials
-        trial = store.ask(handle, spec)
+        trial = ask()
         metrics.TRIALS_ASKED.inc()
         log.info("%s: asked trial %d: %s", ref.optuna_name, trial.number, res.format_params(trial.params))
         create(trial)

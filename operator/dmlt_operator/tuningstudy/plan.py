@@ -512,3 +512,15 @@ def _set_counts(s: dict[str, Any], counts: Counts, asked: int, max_trials: int) 
         "failed": counts.failed,
     }
     s["trialsDone"] = f"{counts.finished}/{max_trials}"
+
+
+def requeue_after(status: Mapping[str, Any], blocked: str | None, retry_s: float) -> float | None:
+    """When the study must be looked at again though no watch event may come; None: only when
+    one does (a trial job changes, the study changes) or at the resync.
+
+    A study waits on watched objects for almost everything: a trial job ending, a stale or
+    foreign job going. Only MLflow is outside the watch: while the parent run cannot be created
+    (`blocked`) or the best model's registration is to be retried, every `retry_s`."""
+    if blocked is not None or needs_finalize(status):
+        return retry_s
+    return None

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 MAX_TRIALS = 10_000
 MAX_FAILED_TRIALS = 10_000
-MAX_PARALLELISM = 64
+MAX_PARALLELISM = 128
 MAX_STUDY_NAME = 40
 """Trial jobs are named `<study>-t<N>`; N stays below MAX_TRIALS + MAX_FAILED_TRIALS (5 digits),
 and a TrainingJob name may have 50 characters."""

@@ -9,7 +9,10 @@
 - `ask` builds a fresh sampler seeded `algorithm.seed + trials so far`: restart-safe (an
   operator that restarts continues the sequence, it does not repeat it) and never the same
   seed twice. The grid is the exception: Optuna's GridSampler derives its visiting order from
-  the seed, so it keeps `algorithm.seed`.
+  the seed, so it keeps `algorithm.seed`. `asker` asks several in a row the same way through
+  one Optuna Study on the database itself: a Study that Optuna makes wraps the storage in a
+  cache of its own, which reads every trial on its first ask and every unfinished one on each
+  ask after (O(trials) per ask; 0.31 s at 300 trials here, 0.02 s without).
 - `tell` finishes a trial only while it is RUNNING in the database; the storage re-checks that
   under a row lock, so a result is told exactly once even if two tells race.
 """
@@ -20,6 +23,7 @@ import logging
 import math
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +262,37 @@ class StudyStore:
             study = self._study(handle, build_sampler(spec, seed), build_pruner(spec))
             trial = study.ask(fixed_distributions=distributions(spec))
         return to_record(storage.get_trial(trial._trial_id))
+
+    def asker(
+        self, handle: StudyHandle, spec: TuningStudySpec, trials_so_far: int
+    ) -> Callable[[], TrialRecord]:
+        """`ask`, for several trials in a row: each call asks one more, seeded as `ask` would
+        with `trials_so_far` trials in the study before the first (the caller has just listed
+        them), through one Study on the database itself (see the module's docstring)."""
+        storage = self.storage(handle.url)
+        pruner = build_pruner(spec)
+        study: Any = None
+        asked = 0
+
+        def ask_next() -> TrialRecord:
+            nonlocal study, asked
+            sampler = build_sampler(spec, ask_seed(spec, trials_so_far + asked))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                if study is None:
+                    study = self._study(handle, sampler, pruner)
+                    # Optuna wraps the storage in a per-Study cache that re-reads every
+                    # unfinished trial on each ask (to look for WAITING ones, which the
+                    # operator never enqueues): the database itself answers that in one
+                    # filtered query. Samplers that need history read it all the same.
+                    study._storage = storage
+                else:
+                    study.sampler = sampler
+                trial = study.ask(fixed_distributions=distributions(spec))
+            asked += 1
+            return to_record(storage.get_trial(trial._trial_id))
+
+        return ask_next
 
     def tell(self, handle: StudyHandle, number: int, state: str, value: float | None) -> bool:
         """Finish trial `number` once: False when it is not RUNNING (any more)."""
