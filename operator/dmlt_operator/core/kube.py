@@ -257,16 +257,10 @@ class Kube:
             if status
             else self.custom.patch_namespaced_custom_object
         )
-        try:
-            self._write(
-                call, KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, patch,
-                _content_type="application/merge-patch+json",
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        return True
+        return self._write_unless_gone(
+            call, KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, patch,
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
 
     def read_cluster_object(self, group: str, version: str, plural: str, name: str) -> dict[str, Any] | None:
         """A cluster-scoped custom object (a ResourceFlavor, a WorkloadPriorityClass); None if absent."""
@@ -283,16 +277,10 @@ class Kube:
         """Delete the job's Workload (only that object, by `uid`: not a new one of the same
         name); False when it is gone already or is another one."""
         options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
-        try:
-            self._write(
-                self.custom.delete_namespaced_custom_object,
-                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, body=options,
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        return True
+        return self._write_unless_gone(
+            self.custom.delete_namespaced_custom_object,
+            KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", name, body=options,
+        )  # fmt: skip
 
     def read_pending_workloads(self, path: str) -> dict[str, Any]:
         """GET a path of Kueue's visibility API (admission.pending_workloads_path): an aggregated
@@ -367,6 +355,16 @@ class Kube:
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
     # ---- helpers
+
+    def _write_unless_gone(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """A write that may find its object gone (404) or replaced (409): False then."""
+        try:
+            self._write(call, *args, **kwargs)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
 
     def _create(self, create: Any, obj: dict[str, Any]) -> bool:
         """Create `obj`. The reply is read as bytes and dropped: the client would otherwise turn

@@ -98,6 +98,8 @@ class JobQueue(ObjectQueue[JobKey]):
     workloads: Any = field(default_factory=dict)
     """The Kueue Workloads index (empty without Kueue)."""
     flavors: kq.FlavorCache = field(default_factory=kq.FlavorCache)
+    pending: kq.PendingCache = field(default_factory=kq.PendingCache)
+    """Kueue's visibility API per LocalQueue (queue positions), shared by the workers."""
 
     def mark(self, key: JobKey, memo: kopf.Memo, urgent: bool = False, after: float = 0.0) -> None:
         """Queue `key` in `after` seconds (`urgent`: before the plain marks); the first mark
@@ -283,7 +285,7 @@ def reconcile_job(
         check_job_name(job.name)
         job_spec = parse_spec(dict(body.get("spec") or {}))
         at_step("check queue")
-        queue = kq.queue_input(kube, cfg, _flavors(memo), body, job_spec, workload)
+        queue = kq.queue_input(kube, cfg, *_kueue_caches(memo), body, job_spec, workload)
     except (SpecError, qu.QueueError) as exc:
         fail_job(kube, body, job, old_status, str(exc), now, status_patch)
         return Wake()
@@ -310,6 +312,8 @@ def reconcile_job(
         kube.delete_trainingjob(job.namespace, job.name)
         return Wake()
     after = next_wake(cfg, job, job_spec, plan.status, pods, now)
+    refresh = rc.position_refresh_after(plan.status, queue)
+    after = refresh if after is None or (refresh is not None and refresh < after) else after
     return Wake(after, bool(made.refused), tuple(made.created))
 
 
@@ -355,9 +359,9 @@ def remove_pods(kube: TrainingJobKube, job: res.JobRef, pods: list[PodSummary], 
         kube.delete_pod(job.namespace, pod_name, known.get(pod_name))
 
 
-def _flavors(memo: kopf.Memo) -> kq.FlavorCache:
+def _kueue_caches(memo: kopf.Memo) -> tuple[kq.FlavorCache, kq.PendingCache | None]:
     jq: JobQueue | None = memo.get("job_queue")
-    return jq.flavors if jq is not None else kq.FlavorCache()
+    return (jq.flavors, jq.pending) if jq is not None else (kq.FlavorCache(), None)
 
 
 def rank_pod(plan: rc.Plan, job: res.JobRef, job_spec: Any, rank: int, cfg: OperatorConfig) -> dict[str, Any]:
