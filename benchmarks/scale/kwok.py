@@ -69,13 +69,27 @@ def kwok_command(binary: Path, kubeconfig: Path, stages: Path, kubelet_port: int
     ]  # fmt: skip
 
 
+POD_IPS_BLOCK = re.compile(r"\n[ \t]*\{\{ \$podIPs := .*?\{\{ end \}\}\s*\{\{ end \}\}", re.DOTALL)
+
+
+def without_pod_ips(stages: str) -> str:
+    """kwok's stages without the Pod IP that its pod-ready stage allocates. When kwok's Pod watch
+    lags (1,000 jobs at once), it plays pod-ready again on a Pod it already made Ready and
+    allocates a second IP; the apiserver refuses the two ("no more than one IP for each IP
+    family") and kwok retries with backoff, leaving Pods Pending for up to 30 s. The trainer
+    Pods on fake nodes need no address."""
+    out, count = POD_IPS_BLOCK.subn("", stages)
+    if count != 1:
+        raise RuntimeError(f"kwok's stages: expected one Pod IP block in pod-ready, found {count}")
+    return out
+
+
 def start_kwok(plane: ControlPlane, extra_stages: str = "") -> None:
-    """kwok with its default stages, and `extra_stages` (YAML documents) after them."""
+    """kwok with its default stages (less Pod IPs: without_pod_ips), and `extra_stages` (YAML
+    documents) after them."""
     found = kwok_dir()
-    stages = found / "stages.yaml"
-    if extra_stages:
-        combined = plane.work / "kwok-stages.yaml"
-        combined.write_text(stages.read_text().rstrip("\n") + "\n---\n" + extra_stages)
-        stages = combined
+    stages = plane.work / "kwok-stages.yaml"
+    text = without_pod_ips((found / "stages.yaml").read_text()).rstrip("\n")
+    stages.write_text(text + ("\n---\n" + extra_stages if extra_stages else "\n"))
     argv = kwok_command(found / "bin" / "kwok", plane.admin_kubeconfig, stages, free_port())
     plane.spawn("kwok", argv)

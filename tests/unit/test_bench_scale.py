@@ -254,3 +254,28 @@ def test_study_entries_go_under_their_own_key_and_keep_the_job_runs(tmp_path):
     assert data["runs"] == [{"jobs": 100, "x": 1}] and len(data["studies"]) == 2
     table = render_study_table(merged)
     assert "events, parallelism 100" in table and table.count("\n") == len(STUDY_ROWS) + 2
+
+
+def test_kwoks_pod_ready_stage_allocates_no_pod_ip(tmp_path):
+    from benchmarks.scale.kwok import without_pod_ips
+
+    stage = """spec:
+  next:
+    statusTemplate: |
+      {{ with $hostIPs }}
+      hostIP: {{ index . 0 | Quote }}
+      {{ end }}
+      {{ $podIPs := PodIPsWith .spec.nodeName ( or .metadata.uid "" ) }}
+      {{ with $podIPs }}
+      podIP: {{ index . 0 | Quote }}
+      podIPs:
+      {{ range . }}
+      - ip: {{ . | Quote }}
+      {{ end }}
+      {{ end }}
+      phase: Running
+"""
+    out = without_pod_ips(stage)
+    assert "podIP" not in out and "hostIP: {{ index . 0 | Quote }}" in out and "phase: Running" in out
+    with pytest.raises(RuntimeError, match="found 0"):
+        without_pod_ips(out)  # kwok's stages changed: say so, do not run a different benchmark
