@@ -362,11 +362,17 @@ def test_rank_details_alone_wait_for_the_batch_but_a_new_phase_is_written_at_onc
 
 
 def test_only_details_tells_rank_details_from_news():
+    from dmlt_operator.core.handlers import changed_status
+
     old = {"phase": "Pending", "ranks": [{"rank": 0, "state": "Absent"}], "message": "a"}
-    assert handlers.only_details(old, {"ranks": [{"rank": 0, "state": "Pending"}], "message": "b"})
-    assert not handlers.only_details(old, {"ranks": old["ranks"], "phase": "Running"})
-    assert not handlers.only_details(old, {"progress": {"epoch": 1}})
-    assert not handlers.only_details(old, {"message": "a"})  # no change at all
+
+    def only_details(patch):
+        return handlers.only_details(changed_status(old, patch))
+
+    assert only_details({"ranks": [{"rank": 0, "state": "Pending"}], "message": "b"})
+    assert not only_details({"ranks": old["ranks"], "phase": "Running"})
+    assert not only_details({"progress": {"epoch": 1}})
+    assert not only_details({"message": "a"})  # no change at all
 
 
 def test_the_jobs_index_keeps_no_managed_fields_or_last_applied_manifest():

@@ -146,26 +146,27 @@ def sync_and_write(
     stale_retry_s: float,
     logger: Any,
     outage: tuple[type[Exception], Counter] | None = None,
-    hold: Callable[[Mapping[str, Any], Mapping[str, Any]], float] | None = None,
+    hold: Callable[[Mapping[str, Any]], float] | None = None,
 ) -> Outcome:
     """A worker's reconcile of one object (in a thread): `reconcile` plans and acts, putting the
     status changes in the mapping it is given; then the status is written if it changed. A
     failure is reported on the object (status message, Event, metric), not raised. A write
     refused because the object changed since it was read means: plan again in `stale_retry_s`.
-    `hold(old status, changes)`: seconds to put the write off (0: write now); the object is
-    looked at again then, and the changes are planned anew."""
+    `hold(changed keys)`: seconds to put the write off (0: write now); the object is looked at
+    again then, and the changes are planned anew."""
     status_patch = subject.status_patch
     try:
         wake = run_reported(lambda: reconcile(status_patch), observed, subject, outage)
         error = None
     except ReconcileFailed as exc:
         wake, error = Wake(), str(exc)
-    wait = hold(subject.body.get("status") or {}, status_patch) if hold and error is None else 0.0
+    changed = changed_status(subject.body.get("status") or {}, status_patch)
+    wait = hold(changed) if hold and changed and error is None else 0.0
     if wait > 0:
         after = wait if wake.after is None else min(wake.after, wait)
         return Outcome(after, None, None, wake.refused, wake.created)
     try:
-        written = write_status(write, subject.body, status_patch)
+        written = write_status(write, subject.body, changed)
     except StaleRead as exc:
         logger.debug("%s: planning again", exc)
         return Outcome(stale_retry_s, None, error, created=wake.created)
@@ -176,13 +177,17 @@ StatusWriter = Callable[[str, str, dict[str, Any], "str | None"], "dict[str, Any
 """(namespace, name, status changes, resourceVersion) → the object as written (kube.patch_status)."""
 
 
+def changed_status(old: Mapping[str, Any], status_patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of `status_patch` whose value differs from the old status."""
+    return {key: value for key, value in status_patch.items() if old.get(key) != value}
+
+
 def write_status(
-    patch: StatusWriter, body: Mapping[str, Any], status_patch: Mapping[str, Any]
+    patch: StatusWriter, body: Mapping[str, Any], changed: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """Merge-patch the changed status keys, only if there are any, and only onto the version of
-    the object they were planned from (else StaleRead); the object as written."""
-    old = body.get("status") or {}
-    changed = {key: value for key, value in status_patch.items() if old.get(key) != value}
+    """Merge-patch the `changed` status keys (changed_status), only if there are any, and only
+    onto the version of the object they were planned from (else StaleRead); the object as
+    written."""
     if not changed:
         return None
     meta = body["metadata"]

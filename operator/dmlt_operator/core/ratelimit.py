@@ -36,8 +36,7 @@ class TokenBucket:
         """Take a token (possibly one not yet earned); the seconds to wait before using it."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+            self._tokens, self._stamp = self._refilled(now), now
             self._tokens -= 1.0
             wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
             return max(wait, self._not_before - now)
@@ -46,8 +45,11 @@ class TokenBucket:
         """Would a write now have to wait for its token (writers are queued on the bucket)?"""
         with self._lock:
             now = self._clock()
-            tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
-            return tokens < 1.0 or self._not_before > now
+            return self._refilled(now) < 1.0 or self._not_before > now
+
+    def _refilled(self, now: float) -> float:
+        """The tokens there are at `now` (under the lock): those left, plus those earned since."""
+        return min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
 
     def acquire(self) -> float:
         """Block until a token is ours; the seconds waited."""

@@ -45,6 +45,8 @@ from dmlt_operator.trainingjob.spec import SpecError, TrainingJobSpec, check_job
 PHASE_TRACKER = metrics.PhaseTracker(metrics.JOBS, rc.PHASES)
 RECONCILE_METRICS = core.ReconcileMetrics(metrics.RECONCILE_ERRORS, metrics.RECONCILE_SECONDS)
 STALE_RETRY_S = 1.0
+"""A status write refused because the job changed since it was read: plan again this soon (the
+change's own event normally wakes the job first)."""
 POD_EVENTS_WINDOW_S = 0.2
 """A Pod's change wakes its job this much later, so that the few events of one transition (a
 Pod created, scheduled, started; its sibling rank alike) make one reconcile and one status
@@ -61,8 +63,6 @@ DETAIL_KEYS = frozenset({"ranks", "ready", "message"})
 EXPECTED_PODS_S = 5.0
 """How long a job waits for the Pods it created to show in the Pod watch before it plans
 without them (as the Kubernetes Job controller's expectations do)."""
-"""A status write refused because the job changed since it was read: plan again this soon (the
-change's own event normally wakes the job first)."""
 
 JobKey = tuple[str, str]
 log = logging.getLogger(__name__)
@@ -225,8 +225,8 @@ def sync_job(
     subject = core.Subject(JOB_KIND, memo.kube, body, dict(body.get("status") or {}), {})
     limiter = getattr(memo.kube, "limiter", None)
 
-    def details_wait(old: Mapping[str, Any], status_patch: Mapping[str, Any]) -> float:
-        if not only_details(old, status_patch):
+    def details_wait(changed: Mapping[str, Any]) -> float:
+        if not only_details(changed):
             return 0.0
         return max(hold, STATUS_BATCH_S if limiter is not None and limiter.busy() else 0.0)
 
@@ -237,10 +237,10 @@ def sync_job(
     )  # fmt: skip
 
 
-def only_details(old: Mapping[str, Any], status_patch: Mapping[str, Any]) -> bool:
-    """Does the change touch only the ranks' details (DETAIL_KEYS), and something at all?"""
-    changed = {key for key, value in status_patch.items() if old.get(key) != value}
-    return bool(changed) and changed <= DETAIL_KEYS
+def only_details(changed: Mapping[str, Any]) -> bool:
+    """Do the changed status keys (core.changed_status) touch only the ranks' details
+    (DETAIL_KEYS), and something at all?"""
+    return bool(changed) and changed.keys() <= DETAIL_KEYS
 
 
 def read_reports(
