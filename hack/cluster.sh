@@ -8,7 +8,7 @@
 #   hack/cluster.sh status      processes, node, system pods and the StorageClass
 #   hack/cluster.sh kubeconfig  print the admin kubeconfig path (export KUBECONFIG=$(... kubeconfig))
 #   hack/cluster.sh images      build the project images (content-hash cached) and load them
-#   hack/cluster.sh tools       build every pinned tool (Kubernetes, CoreDNS, helm, kind,
+#   hack/cluster.sh tools       build every pinned tool (Kubernetes, etcd, CoreDNS, helm, kind,
 #                               local-path-provisioner, kwok, Kueue) into the cache
 #   hack/cluster.sh logs [NAME] list component logs, or tail one
 #   hack/cluster.sh kubectl ... the cluster's kubectl with the admin kubeconfig
@@ -60,7 +60,7 @@ CLUSTER_DOMAIN=cluster.local
 CNI_BRIDGE=cni0
 PORTS=(2379 2380 2381 6443 10250 10248 10249 10256 10257 10259)
 COMPONENTS_START=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
-PACKAGES=(containerd runc containernetworking-plugins etcd-server iptables conntrack buildah
+PACKAGES=(containerd runc containernetworking-plugins iptables conntrack buildah
   debootstrap openssl socat ethtool iproute2 util-linux kmod ca-certificates gcc libc6-dev
   procps curl)
 REQUIRED_CGROUPS=(cpu cpuacct cpuset memory pids devices freezer)
@@ -186,7 +186,7 @@ ensure_packages() {
   ((${#missing[@]} == 0)) && return
   log "installing Debian packages: ${missing[*]} (log: $CACHE/logs/apt.log)"
   mkdir -p "$CACHE/logs"
-  # No init system here: keep package scripts from starting containerd/etcd as services.
+  # No init system here: keep package scripts from starting containerd as a service.
   local made_policy=0
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
@@ -198,8 +198,8 @@ ensure_packages() {
   } >>"$CACHE/logs/apt.log" 2>&1 || rc=$?
   ((made_policy)) && rm -f /usr/sbin/policy-rc.d
   ((rc == 0)) || die "apt-get failed (rc=$rc), see $CACHE/logs/apt.log"
-  # Debian's etcd/containerd packages may have started their own daemons (policy-rc.d above
-  # usually prevents it); they would hold our ports.
+  # Debian's containerd package may have started its own daemon (policy-rc.d above
+  # usually prevents it); it would hold our ports.
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ start_containerd() {
 }
 
 start_etcd() {
-  start_proc etcd etcd --name dmlt --data-dir "$STATE/etcd" \
+  start_proc etcd "$CACHE/etcd/$ETCD_VERSION/bin/etcd" --name dmlt --data-dir "$STATE/etcd" \
     --listen-client-urls https://127.0.0.1:2379 --advertise-client-urls https://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster dmlt=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381 \
@@ -665,9 +665,10 @@ cmd_env() {
 
 # what `up` needs: the cluster, its DNS, its volume provisioner, helm for the user, and kwok for
 # the e2e scale test's simulated nodes (tests/e2e/test_scale_kwok.py)
-UP_TOOLS=(k8s coredns local-path helm kwok)
+UP_TOOLS=(k8s etcd coredns local-path helm kwok)
 tools_built() {
-  [[ -f "$CACHE/k8s/$K8S_VERSION/.done" && -f "$CACHE/coredns/$COREDNS_VERSION/.done" \
+  [[ -f "$CACHE/k8s/$K8S_VERSION/.done" && -f "$CACHE/etcd/$ETCD_VERSION/.done" \
+    && -f "$CACHE/coredns/$COREDNS_VERSION/.done" \
     && -f "$CACHE/local-path-provisioner/$LOCAL_PATH_PROVISIONER_VERSION/.done" \
     && -f "$CACHE/helm/$HELM_VERSION/.done" && -f "$CACHE/kwok/$KWOK_VERSION/stages.yaml" ]]
 }
@@ -755,8 +756,8 @@ cmd_up() {
   log "building project images in the background (log: $CACHE/logs/images.log)"
   load_images project >"$CACHE/logs/images.log" 2>&1 9>&- &
   local images_pid=$!
-  start_etcd
   wait_tool_build
+  start_etcd
   start_control_plane "$ip"
   start_node "$ip"
   wait_for "$WAIT_NODE_S" "node $NODE_NAME to be Ready (kubelet log: $LOGS/kubelet.log)" node_ready

@@ -16,21 +16,7 @@ fi
 # operator-against-a-real-apiserver test. Cold: ~30 min on 2 cores; warm: seconds.
 # DMLT_SKIP_TOOLS=1 skips this (the trainer alone needs none of it).
 if [ "${DMLT_SKIP_TOOLS:-0}" != 1 ]; then
-  bash hack/cluster/build-tools.sh helm k8s
-  if ! command -v etcd >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-      echo "setup: etcd is missing: install Debian's etcd-server (as root: apt-get install etcd-server)" >&2
-      exit 1
-    fi
-    apt-get update -qq
-    # No init system here: keep the package from trying to start etcd as a service.
-    made_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-    [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-  fi
+  bash hack/cluster/build-tools.sh helm k8s etcd
 fi
 # PostgreSQL server binaries for the Optuna-storage integration tests (tests/helpers/postgres_server.py
 # starts a throwaway server from them, as a non-root user). Debian's package; nothing is started.

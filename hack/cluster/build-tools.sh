@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned upstream binaries from Go source (Go module proxy only) into
 # ${DMLT_CACHE_DIR}/<tool>/<version>/bin.  A finished build leaves a .done stamp;
-# a present stamp skips the build.  Usage: build-tools.sh [k8s|coredns|helm|kind|local-path|kwok|kueue|all]...
+# a present stamp skips the build.  Usage: build-tools.sh [k8s|etcd|coredns|helm|kind|local-path|kwok|kueue|all]...
 # kwok (simulated nodes for benchmarks/bench_scale.py and the e2e scale test) is built by
 # `hack/cluster.sh up`; kueue (the job queueing controller, deployed by `hack/cluster.sh up` with
 # DMLT_KUEUE=1) only when named or by `all`.
@@ -111,6 +111,19 @@ build_helm() {
   go_install_pinned helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
+# etcd's server. Its module replaces its sibling modules with ../ paths, so `go install pkg@v`
+# refuses it; a wrapper module requires it and takes the siblings' published releases instead.
+build_etcd() {
+  local v="$ETCD_VERSION" dir="$CACHE/etcd/$ETCD_VERSION"
+  stamp_ok "$dir" && { log "etcd $v cached in $dir/bin"; return; }
+  log "building etcd $v"
+  mkdir -p "$dir/src" "$dir/bin"
+  cd "$dir/src"
+  printf 'module dmlt.local/etcd-build\n\ngo 1.26.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$v" > go.mod
+  "${GO_BUILD[@]}" -ldflags "-s -w" -o "$dir/bin/etcd" go.etcd.io/etcd/server/v3
+  touch "$dir/.done"
+  log "etcd $v built"
+}
 build_kind() { go_install_pinned kind "$KIND_VERSION" sigs.k8s.io/kind; }
 # kwok's node/pod simulator only (not kwokctl), for benchmarks/bench_scale.py, with the stages
 # kwokctl configures by default, from the same module source, in stages.yaml beside bin/: nodes
@@ -151,10 +164,11 @@ build_kueue() {
 }
 
 targets=("$@")
-[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(k8s coredns helm kind local-path kwok kueue)
+[[ ${#targets[@]} -eq 0 || "${targets[0]}" == all ]] && targets=(k8s etcd coredns helm kind local-path kwok kueue)
 for t in "${targets[@]}"; do
   case "$t" in
     k8s) build_k8s ;;
+    etcd) build_etcd ;;
     coredns) build_coredns ;;
     helm) build_helm ;;
     kind) build_kind ;;

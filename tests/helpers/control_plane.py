@@ -3,7 +3,7 @@ with the chart's CRDs and RBAC applied, and on request the controller-manager an
 
 The integration tier's `cluster` fixture (tests/helpers/apiserver.py) starts the apiserver alone
 and plays kubelet itself; benchmarks/bench_scale.py adds the controllers and kwok's simulated
-nodes. Needs the binaries of hack/cluster.sh's build cache (or $DMLT_K8S_BIN) and etcd on PATH.
+nodes. Needs kube-apiserver and etcd from hack/cluster.sh's build cache (or $DMLT_K8S_BIN, $DMLT_ETCD).
 No pytest here: the benchmark imports it too.
 """
 
@@ -21,6 +21,8 @@ from typing import IO
 
 import yaml
 
+from tests.helpers.tool_cache import cached_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 ADMIN_TOKEN = "admintoken"
@@ -30,9 +32,14 @@ def k8s_bin() -> Path | None:
     """The directory of kube-apiserver & co.: $DMLT_K8S_BIN, else the newest in the build cache."""
     if os.environ.get("DMLT_K8S_BIN"):
         return Path(os.environ["DMLT_K8S_BIN"])
-    cache = Path(os.environ.get("DMLT_CACHE_DIR", "/var/cache/dmlt")) / "k8s"
-    found = sorted(cache.glob("*/bin/kube-apiserver"))
-    return found[-1].parent if found else None
+    found = cached_binary("k8s", "kube-apiserver")
+    return found.parent if found else None
+
+
+def etcd_binary() -> str | None:
+    """$DMLT_ETCD, else etcd built into the cache (3.6: watch progress notifications), else PATH's."""
+    found = os.environ.get("DMLT_ETCD") or cached_binary("etcd", "etcd")
+    return str(found) if found else shutil.which("etcd")
 
 
 def free_port() -> int:
@@ -99,7 +106,7 @@ class ControlPlane:
     def __init__(self, work: Path, tokens: Sequence[StaticToken] = (),
                  apiserver_args: Sequence[str] = (),
                  manifest_kinds: Collection[str] | None = None) -> None:  # fmt: skip
-        bin_dir, etcd = k8s_bin(), shutil.which("etcd")
+        bin_dir, etcd = k8s_bin(), etcd_binary()
         if bin_dir is None or etcd is None:
             raise RuntimeError("needs kube-apiserver and etcd: `bash hack/cluster.sh tools` builds them")
         self.bin_dir, self.etcd, self.work = bin_dir, etcd, work

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
-
 import pytest
+
+from tests.helpers.tool_cache import cached_binary
 
 
 def find_helm() -> str | None:
@@ -15,9 +15,8 @@ def find_helm() -> str | None:
     found = shutil.which("helm")
     if found:
         return found
-    cache = Path(os.environ.get("DMLT_CACHE_DIR", "/var/cache/dmlt")) / "helm"
-    builds = sorted(cache.glob("*/bin/helm"), key=lambda p: p.parts[-3])
-    return str(builds[-1]) if builds else None
+    build = cached_binary("helm", "helm")
+    return str(build) if build else None
 
 
 def require_helm() -> str:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from dmlt_operator.core.kube import Kube, StaleRead
-from dmlt_operator.core.ratelimit import TokenBucket, retry_after_seconds
+from dmlt_operator.core.ratelimit import URGENT_WRITES, TokenBucket, retry_after_seconds
 from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.unit
@@ -63,6 +63,45 @@ def test_a_pause_holds_everyone_back():
     bucket.pause(3)
     assert bucket.acquire() == pytest.approx(3)
     assert bucket.acquire() == 0
+
+
+def test_an_urgent_write_goes_before_the_plain_writers_waiting():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    plain = [bucket.reserve() for _ in range(4)]
+    assert plain == pytest.approx([0, 0.1, 0.2, 0.3])
+    # Urgent writes take the next free slots, one per 1/rate, whatever the plain queue.
+    assert [bucket.reserve(urgent=True) for _ in range(2)] == pytest.approx([0, 0.1])
+    # A plain writer reserved now waits behind all six (slots 0 to 0.5).
+    assert bucket.reserve() == pytest.approx(0.6)
+
+
+def test_a_plain_writer_overtaken_while_asleep_waits_one_slot_more_per_urgent_write():
+    clock = Clock()
+    urgent_waits: list[float] = []
+
+    def two_urgent_writers_arrive(seconds: float) -> None:
+        if not urgent_waits:
+            urgent_waits.extend(bucket.reserve(urgent=True) for _ in range(2))
+        clock.sleep(seconds)
+
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=two_urgent_writers_arrive)
+    assert bucket.acquire() == 0
+    assert bucket.acquire() == pytest.approx(0.1 + 0.2)  # its own slot, then two more
+    assert urgent_waits == pytest.approx([0, 0.1])
+    assert clock.slept == pytest.approx([0.1, 0.2])
+
+
+def test_urgency_comes_from_the_context_unless_given():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    [bucket.reserve() for _ in range(3)]
+    token = URGENT_WRITES.set(True)
+    try:
+        assert bucket.acquire() == 0  # ahead of the three plain ones
+        assert bucket.acquire(urgent=False) == pytest.approx(0.4)
+    finally:
+        URGENT_WRITES.reset(token)
 
 
 def test_threads_together_keep_to_the_rate():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from dmlt_operator.core.ratelimit import URGENT_WRITES
 from dmlt_operator.core.workqueue import GONE, Backoff, WorkQueue, start_workers, stop_workers
 
 pytestmark = pytest.mark.unit
@@ -176,5 +177,44 @@ def test_a_worker_schedules_deadline_resync_and_backoff():
         await stop_workers(q, tasks)
         q.add("quiet")
         assert len(q) == 0  # closed
+
+    run(scenario())
+
+
+def test_an_urgent_only_worker_takes_urgent_keys_and_skips_what_others_took():
+    async def scenario():
+        q = WorkQueue(resync_s=300)
+        q.add("new")
+        q.add("running", urgent=True)
+        q.add("ended", urgent=True)
+        assert await q.get() == "running"  # a general worker took it first
+        assert await q.get(urgent_only=True) == "ended"  # its entry there is skipped
+        assert q.taken_urgent("ended") and q.taken_urgent("running")
+        waiting = asyncio.ensure_future(q.get(urgent_only=True))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # "new" is not for it
+        assert await q.get() == "new"
+        assert not q.taken_urgent("new")
+        q.add("later", urgent=True)
+        assert await waiting == "later"
+
+    run(scenario())
+
+
+def test_a_run_writes_as_urgently_as_its_key_was_marked():
+    async def scenario():
+        q = WorkQueue(resync_s=300)
+        seen: dict[str, bool] = {}
+
+        async def reconcile(key):
+            seen[key] = URGENT_WRITES.get()
+            return None
+
+        q.add("new")
+        q.add("running", urgent=True)
+        tasks = start_workers(q, reconcile, 2, "test", urgent_only=1)
+        await asyncio.sleep(0.1)
+        await stop_workers(q, tasks)
+        assert seen == {"new": False, "running": True}
 
     run(scenario())

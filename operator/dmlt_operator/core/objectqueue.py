@@ -18,6 +18,9 @@ from dmlt_operator.core.workqueue import Requeue, WorkQueue, start_workers, stop
 
 K = TypeVar("K", bound=Hashable)
 
+URGENT_ONLY_SHARE = 4
+"""One worker in this many takes urgent keys only (2 of the default 8)."""
+
 
 class ReconcileFailed(Exception):
     """A reconcile failed; the failure is already reported on the object (status message,
@@ -78,7 +81,7 @@ class ObjectQueue(Generic[K]):
         """Start the workers, once. Called from a resource handler (a key's first mark), so that
         they inherit kopf's context (its Event poster), which startup handlers lack."""
         if not self.tasks:
-            self.tasks = start_workers(self.queue, run, self.workers, name)
+            self.tasks = start_workers(self.queue, run, self.workers, name, self.workers // URGENT_ONLY_SHARE)
 
     async def stop(self) -> None:
         await stop_workers(self.queue, self.tasks)

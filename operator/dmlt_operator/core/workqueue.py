@@ -10,7 +10,9 @@ Watch events only *mark* a key (a job's (namespace, name)) as dirty; workers rec
 - Two lanes: an *urgent* mark (a change that only needs the status brought up to date, such
   as a Pod going Running) is served before the plain marks (new jobs, whose Pods are still to
   be created), so that a burst of new jobs does not hold back what users watch. A key marked
-  both ways is queued once, in the urgent lane.
+  both ways is queued once, in the urgent lane. Some workers take urgent keys only, so that one
+  is never left waiting for a worker while all of them create Pods; a run of an urgent key
+  makes urgent writes (core/ratelimit.py's URGENT_WRITES), ahead of the plain runs' writes.
 - `add_after` wakes a key later (deadlines, a resync); a key keeps only its earliest wake-up.
 - A failed run is retried with a per-key backoff, `base` doubling up to `cap`; a successful
   run resets it.
@@ -30,6 +32,8 @@ import random
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from dmlt_operator.core.ratelimit import URGENT_WRITES
 
 K = TypeVar("K", bound=Hashable)
 
@@ -63,10 +67,13 @@ class WorkQueue(Generic[K]):
     ) -> None:
         self.resync_s, self.backoff, self.jitter, self._rng = resync_s, backoff, jitter, rng
         self._ready: asyncio.PriorityQueue[tuple[int, int, K]] = asyncio.PriorityQueue()
+        self._urgent_ready: asyncio.Queue[K] = asyncio.Queue()
+        """The urgent keys again, for the workers that take only those."""
         self._order = itertools.count()
         self._dirty: dict[K, int] = {}
         """Marked keys → their lane; those not being processed are in `_ready` in that lane."""
-        self._processing: set[K] = set()
+        self._processing: dict[K, int] = {}
+        """Keys being run → the lane each was taken from."""
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._failures: dict[K, int] = {}
         self._closed = False
@@ -84,8 +91,11 @@ class WorkQueue(Generic[K]):
             self._push(key, lane)
 
     def _push(self, key: K, lane: int) -> None:
-        # A key promoted to the urgent lane leaves its plain entry behind: `get` skips it.
+        # A key promoted to the urgent lane leaves its plain entry behind, and a key one kind of
+        # worker took leaves its entry in the other's queue: `get` skips those.
         self._ready.put_nowait((lane, next(self._order), key))
+        if lane == URGENT:
+            self._urgent_ready.put_nowait(key)
 
     def add_after(self, key: K, delay: float, urgent: bool = False) -> None:
         """Mark `key` in `delay` seconds (in the urgent lane if `urgent`), unless it already
@@ -134,19 +144,27 @@ class WorkQueue(Generic[K]):
 
     # ---- taking
 
-    async def get(self) -> K:
-        """The next key to reconcile; the caller owns it until `done(key)`."""
+    async def get(self, urgent_only: bool = False) -> K:
+        """The next key to reconcile (`urgent_only`: the next urgent one); the caller owns it
+        until `done(key)`."""
         while True:
-            lane, _, key = await self._ready.get()
+            if urgent_only:
+                lane, key = URGENT, await self._urgent_ready.get()
+            else:
+                lane, _, key = await self._ready.get()
             if self._dirty.get(key) == lane and key not in self._processing:
                 break
         del self._dirty[key]
-        self._processing.add(key)
+        self._processing[key] = lane
         return key
+
+    def taken_urgent(self, key: K) -> bool:
+        """Was `key`, being run, taken from the urgent lane?"""
+        return self._processing.get(key) == URGENT
 
     def done(self, key: K) -> None:
         """The run of `key` ended; if it was marked meanwhile, queue it again (once)."""
-        self._processing.discard(key)
+        self._processing.pop(key, None)
         if key in self._dirty and not self._closed:
             self._push(key, self._dirty[key])
 
@@ -186,10 +204,12 @@ only the resync, or GONE. Raising means the run failed (it has reported why): th
 retried with backoff."""
 
 
-async def work(queue: WorkQueue[K], reconcile: Reconcile[K]) -> None:
-    """One worker: take a key, reconcile it, schedule its next wake-up; forever."""
+async def work(queue: WorkQueue[K], reconcile: Reconcile[K], urgent_only: bool = False) -> None:
+    """One worker: take a key, reconcile it (its writes as urgent as its lane), schedule its
+    next wake-up; forever."""
     while True:
-        key = await queue.get()
+        key = await queue.get(urgent_only)
+        URGENT_WRITES.set(queue.taken_urgent(key))
         try:
             again = await reconcile(key)
         except asyncio.CancelledError:
@@ -214,9 +234,15 @@ async def work(queue: WorkQueue[K], reconcile: Reconcile[K]) -> None:
         queue.done(key)
 
 
-def start_workers(queue: WorkQueue[K], reconcile: Reconcile[K], count: int, name: str) -> list[asyncio.Task]:
-    """`count` workers as tasks of the running loop (cancel them to stop)."""
-    return [asyncio.create_task(work(queue, reconcile), name=f"{name}-worker-{i}") for i in range(count)]
+def start_workers(
+    queue: WorkQueue[K], reconcile: Reconcile[K], count: int, name: str, urgent_only: int = 0
+) -> list[asyncio.Task]:
+    """`count` workers as tasks of the running loop (cancel them to stop), the first
+    `urgent_only` of them for urgent keys only."""
+    return [
+        asyncio.create_task(work(queue, reconcile, i < urgent_only), name=f"{name}-worker-{i}")
+        for i in range(count)
+    ]
 
 
 async def stop_workers(queue: WorkQueue[K], tasks: list[asyncio.Task]) -> None:
