@@ -6,7 +6,7 @@ named, the chart's ClusterRole is enough (the operator runs with the ServiceAcco
 identity), status patches survive pruning, and the whole loop (create → Running → rank failure
 → gang restart → Succeeded, suspend/resume, TTL, operator restart) works on real objects.
 
-Needs kube-apiserver from hack/cluster.sh's build cache (or $DMLT_K8S_BIN) and etcd on PATH;
+Needs kube-apiserver and etcd from the build cache of hack/setup.sh (or $DMLT_K8S_BIN, $DMLT_ETCD);
 a clear failure otherwise. About a minute on two cores.
 """
 
