@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="study mode: kwok completes a trial Pod this many seconds after it runs",
     )
     p.add_argument("--label", default="", help="study mode: names the entry (e.g. the operator version)")
+    p.add_argument("--extra-manifest", type=Path, action="append", default=[],
+                   help="also apply this file before the operator starts (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
     args.jobs = args.jobs or [20]
     args.operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
@@ -245,6 +247,8 @@ def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dic
                          manifest_kinds=CHART_API_KINDS)  # fmt: skip
     with plane:
         _prepare(plane, nodes, args.timeout)
+        for extra in args.extra_manifest:
+            _kubectl_timed(plane, "apply", "-f", str(extra))
         job_file = work / "jobs.yaml"
         job_file.write_text(manifest(scale_jobs(jobs, NAMESPACE, example_job())))
         _log(jobs, "baseline: kubectl apply with the operator stopped")

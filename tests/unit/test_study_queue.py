@@ -64,6 +64,8 @@ def test_the_study_index_keeps_the_study():
     assert asyncio.run(sq.tuningstudies(namespace="ns", name="study", body=study())) == {KEY: study()}
 
 
+RUNNING_TRIAL = {"metadata": {"name": "study-t0"}, "status": {"phase": "Running"}}
+
 # ---- wake-ups
 
 
@@ -74,11 +76,24 @@ def test_a_burst_of_trial_job_events_wakes_the_study_once_a_moment_later():
         memo = kopf.Memo(study_queue=q)
         q.queue.add(("ns", "other"))
         for _ in range(100):
-            await sq.trial_job_event(namespace="ns", labels=STUDY_LABELS, memo=memo)
+            await sq.trial_job_event(namespace="ns", labels=STUDY_LABELS, body=RUNNING_TRIAL, memo=memo)
         assert len(q.queue) == 1  # only the other study yet: the burst waits for its window
         await asyncio.sleep(sq.TRIAL_EVENTS_WINDOW_S + 0.1)
         assert len(q.queue) == 2
         assert await q.queue.get() == KEY  # a trial's change goes first
+        q.queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_trial_job_that_ended_wakes_its_study_at_once():
+    async def scenario():
+        q = queue()
+        q.tasks = [asyncio.current_task()]
+        memo = kopf.Memo(study_queue=q)
+        ended = {**RUNNING_TRIAL, "status": {"phase": "Succeeded"}}
+        await sq.trial_job_event(namespace="ns", labels=STUDY_LABELS, body=ended, memo=memo)
+        assert len(q.queue) == 1 and await q.queue.get() == KEY
         q.queue.close()
 
     asyncio.run(scenario())
@@ -235,11 +250,11 @@ def test_a_finished_trial_is_replaced_on_its_jobs_event_with_no_timer(tmp_path):
         hs.run_trainers()
         started = time.monotonic()
         for _ in range(2):  # each finished job's MODIFIED event
-            await sq.trial_job_event(namespace="ns", labels=STUDY_LABELS, memo=memo)
+            await sq.trial_job_event(namespace="ns", labels=STUDY_LABELS, body=RUNNING_TRIAL, memo=memo)
         await until(lambda: len(hs.kube.created) == 4)
         assert time.monotonic() - started < 2.0  # the goal: a finished trial replaced within 2 s
         hs.run_trainers()
-        await sq.trial_job_event(namespace="ns", labels=STUDY_LABELS, memo=memo)
+        await sq.trial_job_event(namespace="ns", labels=STUDY_LABELS, body=RUNNING_TRIAL, memo=memo)
         await until(lambda: hs.body["status"].get("phase") == "Succeeded")
         assert q.queue.delayed(KEY) > 200  # only the resync is left
         await q.stop()

@@ -32,7 +32,8 @@ STUDY_WORKERS = 4
 """Studies reconciled at once (each holds a thread of kopf's pool and a database connection)."""
 TRIAL_EVENTS_WINDOW_S = 0.2
 """A trial job's change wakes its study this much later, so that the events of one burst (the
-trial jobs a reconcile created, each one's status written) make one reconcile, not one each."""
+trial jobs a reconcile created, each one's status written) make one reconcile, not one each.
+A trial job that ended wakes it at once: its slot is free for the next trial."""
 EXPECTED_TRIALS_S = 5.0
 """How long a study waits for the trial jobs it created to show in the watch before it plans
 without them."""
@@ -86,12 +87,16 @@ async def study_event(namespace: str, name: str, body: Any, memo: kopf.Memo, **_
         sq.mark(key, memo)
 
 
-async def trial_job_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+async def trial_job_event(
+    namespace: str, labels: Mapping[str, str], body: Any, memo: kopf.Memo, **_: Any
+) -> None:
     """Any change of a trial job wakes its study, before studies that only changed themselves:
     a trial that ended frees a slot for the next."""
     sq: StudyQueue | None = memo.get("study_queue")
     if sq is not None:
-        sq.mark((namespace, labels[LABEL_STUDY]), memo, urgent=True, after=TRIAL_EVENTS_WINDOW_S)
+        trial = summarize_trial_job(body)
+        after = 0.0 if trial is not None and not trial.active else TRIAL_EVENTS_WINDOW_S
+        sq.mark((namespace, labels[LABEL_STUDY]), memo, urgent=True, after=after)
 
 
 async def run_study(sq: StudyQueue, memo: kopf.Memo, key: StudyKey) -> float | None:
