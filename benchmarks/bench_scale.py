@@ -205,6 +205,7 @@ def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jo
     """Apply all jobs at once; times until all Pods exist and every job is Running, the lags."""
     out: dict[str, Any] = {}
     cpu_start, t0, wall0 = procstat.cpu_seconds(pid), time.monotonic(), time.time()
+    cpu_by_process = _cpu_by_process(plane)
     out["apply_s"] = _kubectl_timed(plane, "apply", "-f", str(job_file))
     count_pods = lambda: tl.count(lambda t: len(t.pod_created))  # noqa: E731
     count_running = lambda: tl.count(lambda t: len(t.job_running))  # noqa: E731
@@ -214,6 +215,9 @@ def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jo
         "phase Running", count_running, jobs, t0, timeout
     )
     out["operator_cpu_start_s"] = procstat.cpu_seconds(pid) - cpu_start
+    out["cpu_start_s_by_process"] = {
+        name: round(cpu - cpu_by_process.get(name, 0.0), 1) for name, cpu in _cpu_by_process(plane).items()
+    }
     with tl.lock:
         pod_running, job_running = dict(tl.pod_running), dict(tl.job_running)
     lags = stats.running_lags(job_running, tl.pods_of_jobs(), pod_running, RANKS)
@@ -222,6 +226,17 @@ def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jo
     out["start_operator_requests"] = dict(by_kind.most_common())
     out["start_operator_responses"] = dict(codes.most_common())
     return out
+
+
+def _cpu_by_process(plane: ControlPlane) -> dict[str, float]:
+    """CPU seconds so far of each process the benchmark started (the operator among them)."""
+    seconds = {}
+    for name, proc in plane.procs.items():
+        try:
+            seconds[name] = procstat.cpu_seconds(proc.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return seconds
 
 
 def _delete_all(plane: ControlPlane, tl: Timeline, jobs: int, timeout: float) -> dict[str, Any]:

@@ -48,6 +48,13 @@ def _delete(key: str) -> Callable[[dict], str]:
     return cell
 
 
+def _cpu_by_process(entry: dict) -> str:
+    spent = entry.get("cpu_start_s_by_process") or {}
+    if not spent:
+        return "–"
+    return ", ".join(f"{name} {_num(cpu)}" for name, cpu in sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
 ROWS: list[tuple[str, Callable[[dict], str]]] = [
     ("`kubectl apply` of all jobs returns", _seconds("apply_s")),
     ("… the same with the operator stopped", _seconds("apply_operator_stopped_s")),
@@ -55,6 +62,7 @@ ROWS: list[tuple[str, Callable[[dict], str]]] = [
     ("every job's `status.phase` Running", _seconds("all_running_s")),
     ("lag, a job's Pods all Running → its phase Running: p50 / p90 / p99 / max", _lag),
     ("operator CPU while they start", lambda e: f"{_num(e.get('operator_cpu_start_s'))} CPU-s"),
+    ("CPU while they start, by process", _cpu_by_process),
     ("operator peak RSS", lambda e: f"{_num(e.get('operator_peak_rss_mb'), 0)} MB"),
     ("operator CPU, all running and nothing changing", _steady("operator_cores", 3, "cores")),
     ("operator's API requests, same window (audit log)", _steady("operator_requests_per_s", 1, "/s")),

@@ -279,3 +279,10 @@ def test_kwoks_pod_ready_stage_allocates_no_pod_ip(tmp_path):
     assert "podIP" not in out and "hostIP: {{ index . 0 | Quote }}" in out and "phase: Running" in out
     with pytest.raises(RuntimeError, match="found 0"):
         without_pod_ips(out)  # kwok's stages changed: say so, do not run a different benchmark
+
+
+def test_cpu_by_process_is_listed_busiest_first_and_absent_in_older_runs():
+    spent = {"etcd": 8.0, "kube-apiserver": 61.2, "operator": 25.8}
+    table = render_table([_entry(1000, cpu_start_s_by_process=spent), _entry(200)])
+    row = next(line for line in table.splitlines() if line.startswith("| CPU while they start, by process"))
+    assert row == "| CPU while they start, by process | – | kube-apiserver 61.2, operator 25.8, etcd 8.0 |"

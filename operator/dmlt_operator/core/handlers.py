@@ -1,11 +1,10 @@
-"""Scaffolding the kopf handlers of both resources share: operator-wide kopf settings, the
+"""Scaffolding the kopf handlers of both resources share: the
 clients kept in kopf.Memo, spec checks on create/resume, a reconcile run timed with its failure
 reported on the object, writing only the status that changed, creating children whose refusals
 are reported rather than raised, and recording a permanent failure."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -27,34 +26,9 @@ from dmlt_operator.core.failures import (
 )
 from dmlt_operator.core.kube import EventSink, Kube, StaleRead, load_config
 from dmlt_operator.core.objectqueue import Outcome, ReconcileFailed, Wake
-from dmlt_operator.core.objects import GROUP, LABEL_MANAGED_BY, MANAGED_BY, ObjectRef
+from dmlt_operator.core.objects import ObjectRef
 from dmlt_operator.core.ratelimit import TokenBucket
 from dmlt_operator.core.spec import SpecError
-
-FINALIZER = "dmlt.io/finalizer"
-
-
-def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorConfig | None = None) -> None:
-    """Operator-wide kopf settings (one operator process serves both resources)."""
-    workers = (cfg or OperatorConfig()).workers
-    # The TrainingJob workers' planners and writes (DMLT_WORKERS), the study workers' (4:
-    # tuningstudy/studyqueue.STUDY_WORKERS) and kopf's own sync handlers (a study's spec check
-    # and deletion) share kopf's thread pool (a bare ThreadPoolExecutor: min(32, cpu + 4)
-    # threads by default).
-    settings.execution.max_workers = workers + 4
-    # Server-side: only the Pods this operator made, not every Pod of the cluster.
-    settings.watching.label_selectors["v1", "pods"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
-    # Only our explicit events become Kubernetes Events, not every log line.
-    settings.posting.level = logging.INFO
-    # Re-establish watches regularly: a silently dead watch would stall the index.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.watching.connect_timeout = 10
 
 
 def start_memo(memo: kopf.Memo) -> OperatorConfig:

@@ -29,6 +29,7 @@ from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, now_utc
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.failures import INVALID_SPEC, at_step, classify
+from dmlt_operator.core.kopf_setup import configure_kopf, watch_hook
 from dmlt_operator.core.kube import TrainingJobKube
 from dmlt_operator.core.objectqueue import ObjectQueue, Outcome, Wake
 from dmlt_operator.core.objects import GROUP, JOB_KIND, JOB_PLURAL, VERSION, lean, managed_labels
@@ -76,14 +77,14 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     pod_labels = managed_labels(res.LABEL_JOB, kopf.PRESENT)
     kopf.index("v1", "pods", labels=pod_labels, registry=registry)(trainer_pods)
     kopf.index(GROUP, VERSION, JOB_PLURAL, registry=registry)(trainingjobs)
-    kopf.on.event("v1", "pods", labels=pod_labels, registry=registry)(pod_event)
-    kopf.on.event(GROUP, VERSION, JOB_PLURAL, registry=registry)(job_event)
+    watch_hook(registry, "v1", "pods", labels=pod_labels)(pod_event)
+    watch_hook(registry, GROUP, VERSION, JOB_PLURAL)(job_event)
     # Kueue's Workloads of queued jobs. Without Kueue (no such CRD) kopf only warns that the
     # resource is unresolved and serves the rest; it starts watching if the CRD appears later.
     kopf.index(qu.KUEUE_GROUP, qu.KUEUE_VERSION, qu.WORKLOAD_PLURAL, labels=pod_labels, registry=registry)(
         kueue_workloads
     )
-    kopf.on.event(qu.KUEUE_GROUP, qu.KUEUE_VERSION, qu.WORKLOAD_PLURAL, labels=pod_labels, registry=registry)(
+    watch_hook(registry, qu.KUEUE_GROUP, qu.KUEUE_VERSION, qu.WORKLOAD_PLURAL, labels=pod_labels)(
         workload_event
     )
 
@@ -136,7 +137,7 @@ async def configure(
 ) -> None:
     """Operator settings, the clients, and the TrainingJob workers."""
     cfg = core.start_memo(memo)
-    core.configure_kopf(settings, cfg)
+    configure_kopf(settings, cfg)
     memo.job_queue = JobQueue(
         WorkQueue(cfg.reconcile_interval_s), trainingjobs, settings.execution.executor,
         workers=cfg.workers, pods=trainer_pods, workloads=kueue_workloads,

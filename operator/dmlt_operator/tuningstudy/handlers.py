@@ -30,6 +30,7 @@ from dmlt_operator.core import metrics
 from dmlt_operator.core.conditions import FAILED, MAX_MESSAGE, PENDING, TERMINAL, now_utc, set_condition
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.failures import INVALID_SPEC, at_step, current_step
+from dmlt_operator.core.kopf_setup import watch_hook
 from dmlt_operator.core.kube import TuningStudyKube
 from dmlt_operator.core.objectqueue import Outcome, Wake
 from dmlt_operator.core.objects import GROUP, JOB_PLURAL, STUDY_KIND, STUDY_PLURAL, VERSION, managed_labels
@@ -89,8 +90,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     trial_labels = managed_labels(res.LABEL_STUDY, kopf.PRESENT)
     kopf.index(GROUP, VERSION, STUDY_PLURAL, registry=registry)(sq.tuningstudies)
     kopf.index(GROUP, VERSION, JOB_PLURAL, labels=trial_labels, registry=registry)(sq.study_trials)
-    kopf.on.event(GROUP, VERSION, STUDY_PLURAL, registry=registry)(sq.study_event)
-    kopf.on.event(GROUP, VERSION, JOB_PLURAL, labels=trial_labels, registry=registry)(sq.trial_job_event)
+    watch_hook(registry, GROUP, VERSION, STUDY_PLURAL)(sq.study_event)
+    watch_hook(registry, GROUP, VERSION, JOB_PLURAL, labels=trial_labels)(sq.trial_job_event)
     # Not optional: with no timer left, this handler is what keeps kopf's finalizer on studies,
     # so that a deleted study's Optuna study is dropped (an optional one runs only if something
     # else holds a finalizer).
