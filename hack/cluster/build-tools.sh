@@ -72,15 +72,22 @@ go_install_pinned() {
   touch "$dir/.done"
 }
 
+# wrapper_module NAME VERSION MODULE GO: cd into $CACHE/NAME/VERSION/src, where a go.mod of a
+# module of our own requires MODULE at VERSION (its bin/ beside it)
+wrapper_module() {
+  local name="$1" v="$2" module="$3" go="$4"
+  mkdir -p "$CACHE/$name/$v/src" "$CACHE/$name/$v/bin"
+  cd "$CACHE/$name/$v/src"
+  printf 'module dmlt.local/%s-build\n\ngo %s\n\nrequire %s %s\n' "$name" "$go" "$module" "$v" > go.mod
+}
+
 # CoreDNS with only the plugins the in-cluster Corefile uses (upstream's main pulls in every
 # cloud provider's SDK and builds several times longer).
 build_coredns() {
   local v="$COREDNS_VERSION" dir="$CACHE/coredns/$COREDNS_VERSION"
   stamp_ok "$dir" && { log "coredns $v cached in $dir/bin"; return; }
   log "building CoreDNS $v (plugins: kubernetes forward cache errors health ready log loop reload loadbalance prometheus)"
-  mkdir -p "$dir/src" "$dir/bin"
-  cd "$dir/src"
-  printf 'module dmlt.local/coredns-build\n\ngo 1.24.0\n\nrequire github.com/coredns/coredns %s\n' "$v" > go.mod
+  wrapper_module coredns "$v" github.com/coredns/coredns 1.24.0
   cat > main.go <<'GO'
 // CoreDNS with the plugins a Kubernetes cluster DNS needs (built by dmlt's hack/cluster).
 package main
@@ -117,9 +124,7 @@ build_etcd() {
   local v="$ETCD_VERSION" dir="$CACHE/etcd/$ETCD_VERSION"
   stamp_ok "$dir" && { log "etcd $v cached in $dir/bin"; return; }
   log "building etcd $v"
-  mkdir -p "$dir/src" "$dir/bin"
-  cd "$dir/src"
-  printf 'module dmlt.local/etcd-build\n\ngo 1.26.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$v" > go.mod
+  wrapper_module etcd "$v" go.etcd.io/etcd/server/v3 1.26.0
   "${GO_BUILD[@]}" -ldflags "-s -w" -o "$dir/bin/etcd" go.etcd.io/etcd/server/v3
   touch "$dir/.done"
   log "etcd $v built"
