@@ -184,6 +184,7 @@ def test_a_worker_schedules_deadline_resync_and_backoff():
 def test_an_urgent_only_worker_takes_urgent_keys_and_skips_what_others_took():
     async def scenario():
         q = WorkQueue(resync_s=300)
+        q.urgent_only_workers = True
         q.add("new")
         q.add("running", urgent=True)
         q.add("ended", urgent=True)
@@ -216,5 +217,18 @@ def test_a_run_writes_as_urgently_as_its_key_was_marked():
         await asyncio.sleep(0.1)
         await stop_workers(q, tasks)
         assert seen == {"new": False, "running": True}
+
+    run(scenario())
+
+
+def test_without_urgent_only_workers_nothing_piles_up_for_them():
+    async def scenario():
+        q = WorkQueue(resync_s=300)
+        tasks = start_workers(q, lambda key: asyncio.sleep(0), 2, "test")
+        for i in range(100):
+            q.add(i, urgent=True)
+        await asyncio.sleep(0.1)
+        await stop_workers(q, tasks)
+        assert not q.urgent_only_workers and q._urgent_ready.qsize() == 0
 
     run(scenario())

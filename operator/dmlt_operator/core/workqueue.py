@@ -68,7 +68,8 @@ class WorkQueue(Generic[K]):
         self.resync_s, self.backoff, self.jitter, self._rng = resync_s, backoff, jitter, rng
         self._ready: asyncio.PriorityQueue[tuple[int, int, K]] = asyncio.PriorityQueue()
         self._urgent_ready: asyncio.Queue[K] = asyncio.Queue()
-        """The urgent keys again, for the workers that take only those."""
+        """The urgent keys again, for the workers that take only those (when there are any)."""
+        self.urgent_only_workers = False
         self._order = itertools.count()
         self._dirty: dict[K, int] = {}
         """Marked keys → their lane; those not being processed are in `_ready` in that lane."""
@@ -94,7 +95,7 @@ class WorkQueue(Generic[K]):
         # A key promoted to the urgent lane leaves its plain entry behind, and a key one kind of
         # worker took leaves its entry in the other's queue: `get` skips those.
         self._ready.put_nowait((lane, next(self._order), key))
-        if lane == URGENT:
+        if lane == URGENT and self.urgent_only_workers:
             self._urgent_ready.put_nowait(key)
 
     def add_after(self, key: K, delay: float, urgent: bool = False) -> None:
@@ -239,6 +240,7 @@ def start_workers(
 ) -> list[asyncio.Task]:
     """`count` workers as tasks of the running loop (cancel them to stop), the first
     `urgent_only` of them for urgent keys only."""
+    queue.urgent_only_workers = queue.urgent_only_workers or urgent_only > 0
     return [
         asyncio.create_task(work(queue, reconcile, i < urgent_only), name=f"{name}-worker-{i}")
         for i in range(count)
