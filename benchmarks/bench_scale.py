@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.scale import audit, procstat, prom, stats  # noqa: E402
+from benchmarks.scale import audit, floor, procstat, prom, stats  # noqa: E402
 from benchmarks.scale import study as st  # noqa: E402
 from benchmarks.scale.jobs import example_job, manifest, scale_jobs  # noqa: E402
 from benchmarks.scale.kwok import fake_nodes, kwok_dir, start_kwok  # noqa: E402
@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="study mode: kwok completes a trial Pod this many seconds after it runs",
     )
     p.add_argument("--label", default="", help="study mode: names the entry (e.g. the operator version)")
+    p.add_argument("--floor", type=int, default=0, metavar="K",
+                   help="floor mode: no operator; the jobs' Services and Pods made by K kubectl processes "
+                        "at the moment of the apply (benchmarks/scale/floor.py)")  # fmt: skip
     p.add_argument("--extra-manifest", type=Path, action="append", default=[],
                    help="also apply this file before the operator starts (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
@@ -228,6 +231,36 @@ def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jo
     return out
 
 
+def _floor_burst(plane: ControlPlane, tl: Timeline, job_file: Path, jobs: int,
+                 args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """The floor (benchmarks/scale/floor.py): the apply, and at once the children by `args.floor`
+    kubectl processes; times until all Pods exist and all Pods run, CPU by process."""
+    docs = floor.children(scale_jobs(jobs, NAMESPACE, example_job()), RANKS)
+    files = []
+    for i, part in enumerate(floor.split(docs, args.floor)):
+        files.append(plane.work / f"children-{i}.yaml")
+        files[-1].write_text(manifest(part))
+    cpu_before, t0 = _cpu_by_process(plane), time.monotonic()
+    creators = [subprocess.Popen([*plane.kubectl, "create", "-f", str(f)], stdout=subprocess.DEVNULL)
+                for f in files]  # fmt: skip
+    out: dict[str, Any] = {
+        "floor_clients": args.floor,
+        "apply_s": _kubectl_timed(plane, "apply", "-f", str(job_file)),
+    }
+    for proc in creators:
+        if proc.wait() != 0:
+            raise RuntimeError("kubectl create of the children failed")
+    out["children_created_s"] = time.monotonic() - t0
+    count_pods = lambda: tl.count(lambda t: len(t.pod_created))  # noqa: E731
+    count_running = lambda: tl.count(lambda t: len(t.pod_running))  # noqa: E731
+    out["pods_created_s"], _ = _seconds_until("rank Pods", count_pods, RANKS * jobs, t0, args.timeout)
+    out["pods_running_s"], _ = _seconds_until("Pods Running", count_running, RANKS * jobs, t0, args.timeout)
+    out["cpu_start_s_by_process"] = {
+        name: round(cpu - cpu_before.get(name, 0.0), 1) for name, cpu in _cpu_by_process(plane).items()
+    }
+    return out
+
+
 def _cpu_by_process(plane: ControlPlane) -> dict[str, float]:
     """CPU seconds so far of each process the benchmark started (the operator among them)."""
     seconds = {}
@@ -271,6 +304,10 @@ def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dic
 
         http = KubeHttp(plane.server, ADMIN_TOKEN)
         watcher = Watcher(http, NAMESPACE).start()
+        if args.floor:
+            entry.update(_floor_burst(plane, watcher.timeline, job_file, jobs, args))
+            watcher.stop()
+            return entry
         kubeconfig = plane.kubeconfig(OPERATOR_TOKEN.token, "operator")
         pid = start_operator(plane, kubeconfig, dict(os.environ), args.operator_env)
         if args.operator_env:

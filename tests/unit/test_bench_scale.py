@@ -286,3 +286,17 @@ def test_cpu_by_process_is_listed_busiest_first_and_absent_in_older_runs():
     table = render_table([_entry(1000, cpu_start_s_by_process=spent), _entry(200)])
     row = next(line for line in table.splitlines() if line.startswith("| CPU while they start, by process"))
     assert row == "| CPU while they start, by process | – | kube-apiserver 61.2, operator 25.8, etcd 8.0 |"
+
+
+def test_the_floor_makes_each_jobs_service_and_rank_pods_as_the_operator_builds_them():
+    from benchmarks.scale import floor
+
+    docs = floor.children(scale_jobs(2, "scale", example_job()), ranks=2)
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("Service", "scale-0000"), ("Pod", "scale-0000-0"), ("Pod", "scale-0000-1"),
+        ("Service", "scale-0001"), ("Pod", "scale-0001-0"), ("Pod", "scale-0001-1"),
+    ]  # fmt: skip
+    assert all("ownerReferences" not in d["metadata"] for d in docs)  # the jobs' uids are unknown
+    assert docs[1]["spec"]["subdomain"] == "scale-0000" and docs[1]["metadata"]["namespace"] == "scale"
+    parts = floor.split(docs, 2)
+    assert sorted(len(p) for p in parts) == [3, 3] and sum(parts, []) != docs  # dealt, not halved

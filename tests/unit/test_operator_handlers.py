@@ -10,6 +10,7 @@ import kopf
 import pytest
 from dmlt_operator.core.config import OperatorConfig
 from dmlt_operator.core.metrics import REGISTRY
+from dmlt_operator.core.objectqueue import Outcome
 from dmlt_operator.trainingjob import handlers
 from dmlt_operator.trainingjob import pods as pd
 from kubernetes.client.exceptions import ApiException
@@ -414,3 +415,47 @@ def test_two_writes_in_a_row_are_one_chain_until_the_index_catches_up():
     assert jq.snapshot(key)[0]["metadata"]["resourceVersion"] == "43"
     index_jobs[key] = [versioned({"phase": "Running"}, rv="44")]  # someone else's change
     assert jq.snapshot(key)[0]["metadata"]["resourceVersion"] == "44" and key not in jq.written
+
+
+def busy_kube(kube):
+    from dmlt_operator.core.ratelimit import TokenBucket
+
+    kube.limiter = TokenBucket(rate=1, burst=1)
+    kube.limiter.reserve()  # the one token is taken: writers would queue
+    return kube
+
+
+def test_under_a_burst_a_starting_job_writes_one_status_running_not_pending_first():
+    kube = busy_kube(FakeJobKube())
+    first = held_sync(versioned(), kube, [], hold=0.0)
+    assert [o["kind"] for o in kube.created] == ["Service", "Pod", "Pod"]
+    assert first.written is None and first.requeue_after == handlers.STATUS_BATCH_S
+    # Its Pods show, scheduled, within the batch: held again, and nothing made or said twice.
+    scheduled = held_sync(versioned(), kube, [scheduled_pod(0), scheduled_pod(1)], hold=4.0)
+    assert scheduled.written is None and scheduled.requeue_after == 4.0
+    assert len(kube.created) == 3 and [r for _, r, _ in kube.events] == ["CreatedPods"]
+    running = held_sync(versioned(), kube, [running_pod(0), running_pod(1)], hold=3.0)
+    assert [p[1]["phase"] for p in kube.status_patches] == ["Running"] and running.written is not None
+    assert [r for _, r, _ in kube.events] == ["CreatedPods", "Running"] and len(kube.created) == 3
+
+
+def test_a_held_first_status_is_written_once_the_batch_is_over_or_the_writers_stop_queueing():
+    kube = busy_kube(FakeJobKube(existing={"ddp-0", "ddp-1"}))
+    due = held_sync(versioned(), kube, [scheduled_pod(0), scheduled_pod(1)], hold=0.0)
+    assert due.written is not None and kube.status_patches[-1][1]["phase"] == "Pending"
+    idle = FakeJobKube()
+    assert held_sync(versioned(), idle, [], hold=0.0).written is not None  # no burst: at once
+
+
+def test_a_starting_job_whose_pods_are_refused_reports_it_at_once_even_under_a_burst():
+    kube = busy_kube(RefusingKube())
+    outcome = held_sync(versioned(), kube, [], hold=0.0)
+    assert outcome.refused and outcome.written is not None
+    assert "exceeded quota" in kube.status_patches[-1][1]["message"]
+
+
+def test_creating_children_restarts_the_status_batch_clock():
+    jq = handlers.JobQueue(None, {}, None)
+    key = ("ns", "ddp")
+    jq.settle(key, versioned(), Outcome(created=("ddp-0", "ddp-1")), now=100.0, wait_s=5.0)
+    assert jq.since_write(key, 104.0, handlers.STATUS_BATCH_S) == handlers.STATUS_BATCH_S - 4.0

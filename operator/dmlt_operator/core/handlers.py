@@ -120,14 +120,15 @@ def sync_and_write(
     stale_retry_s: float,
     logger: Any,
     outage: tuple[type[Exception], Counter] | None = None,
-    hold: Callable[[Mapping[str, Any]], float] | None = None,
+    hold: Callable[[Mapping[str, Any], Wake], float] | None = None,
 ) -> Outcome:
     """A worker's reconcile of one object (in a thread): `reconcile` plans and acts, putting the
     status changes in the mapping it is given; then the status is written if it changed. A
     failure is reported on the object (status message, Event, metric), not raised. A write
     refused because the object changed since it was read means: plan again in `stale_retry_s`.
-    `hold(changed keys)`: seconds to put the write off (0: write now); the object is looked at
-    again then, and the changes are planned anew."""
+    `hold(changed keys, the run's wake)`: seconds to put the write off (0: write now); the object
+    is looked at again then, and the changes are planned anew. A child refused is reported at
+    once, never held."""
     status_patch = subject.status_patch
     try:
         wake = run_reported(lambda: reconcile(status_patch), observed, subject, outage)
@@ -135,7 +136,7 @@ def sync_and_write(
     except ReconcileFailed as exc:
         wake, error = Wake(), str(exc)
     changed = changed_status(subject.body.get("status") or {}, status_patch)
-    wait = hold(changed) if hold and changed and error is None else 0.0
+    wait = hold(changed, wake) if hold and changed and error is None and not wake.refused else 0.0
     if wait > 0:
         after = wait if wake.after is None else min(wake.after, wait)
         return Outcome(after, None, None, wake.refused, wake.created)

@@ -71,7 +71,7 @@ class ObjectQueue(Generic[K]):
     """key → (the resourceVersions our status writes replaced since the index last caught up,
     the object our last write returned, without what only its writers need)."""
     write_times: dict[K, float] = field(default_factory=dict)
-    """key → when (loop time) our last status write of it was."""
+    """key → when (loop time) we last wrote about it: its status, or children a run created."""
     tasks: list[asyncio.Task] = field(default_factory=list)
     workers: int = 1
     expected: dict[K, tuple[frozenset[str], float]] = field(default_factory=dict)
@@ -134,6 +134,8 @@ class ObjectQueue(Generic[K]):
         those); when to wake the key again. Raises for a retry with backoff: ReconcileFailed
         (reported on the object already), Requeue (a child refused for now)."""
         self.expect(key, outcome.created, now, wait_s)
+        if outcome.created:
+            self.write_times[key] = now
         self.wrote(key, body, outcome.written, now)
         if outcome.error is not None:
             raise ReconcileFailed(outcome.error)

@@ -226,16 +226,27 @@ def sync_job(
     subject = core.Subject(JOB_KIND, memo.kube, body, dict(body.get("status") or {}), {})
     limiter = getattr(memo.kube, "limiter", None)
 
-    def details_wait(changed: Mapping[str, Any]) -> float:
-        if not only_details(changed):
-            return 0.0
-        return max(hold, STATUS_BATCH_S if limiter is not None and limiter.busy() else 0.0)
+    def status_wait(changed: Mapping[str, Any], wake: Wake) -> float:
+        busy = limiter is not None and limiter.busy()
+        if only_details(changed):
+            return max(hold, STATUS_BATCH_S if busy else 0.0)
+        if busy and first_pending(body, changed):
+            return STATUS_BATCH_S if wake.created else hold
+        return 0.0
 
     return core.sync_and_write(
         lambda status_patch: reconcile_job(body, pods, status_patch, memo, logger, workload),
         RECONCILE_METRICS, subject, memo.kube.patch_status, STALE_RETRY_S, logger,
-        hold=details_wait,
+        hold=status_wait,
     )  # fmt: skip
+
+
+def first_pending(body: Mapping[str, Any], changed: Mapping[str, Any]) -> bool:
+    """Is this the job's first status, phase Pending? Written while the writers queue on the rate
+    limit, it is most often followed within seconds by Running: under a burst it waits up to
+    STATUS_BATCH_S after the job's Pods were created (FIRST_STATUS_HOLD in docs/operator.md),
+    so that a starting job costs one status write, not two."""
+    return not (body.get("status") or {}).get("phase") and changed.get("phase") == rc.PENDING
 
 
 def only_details(changed: Mapping[str, Any]) -> bool:
@@ -407,9 +418,11 @@ def apply_plan(
             f"Created {len(made.created)} Pod(s) of attempt {attempt}: " + ", ".join(made.created),
         )  # fmt: skip
     at_step("post events")
+    unwritten = not subject.status.get("phase")
+    announced = bool(made.created) or (unwritten and any(p.owner_uid == job.uid for p in pods))
     for event in plan.events:
-        if event.reason == rc.PENDING and made.created:
-            continue  # the CreatedPods event announces the same moment
+        if event.reason == rc.PENDING and announced:
+            continue  # the CreatedPods event announced the same moment (its status write held)
         kube.post_event(subject.body, event.type, event.reason, event.message)
         if event.reason == "GangRestart":
             metrics.GANG_RESTARTS.inc()

@@ -392,7 +392,9 @@ def plan_progress(b: JobBuilder, o: Observed) -> Plan:
     missing = [r for r in range(replicas) if r not in o.current and r not in succeeded]
     blocked = [r for r in missing if pod_name(name, r) in o.foreign]
     b.plan.create_ranks = [r for r in missing if r not in blocked]
-    b.plan.ensure_service = bool(b.plan.create_ranks) or not old_phase
+    # A job without a phase whose Pods exist had its Service made before them (its first status
+    # write may be held: trainingjob/handlers.py first_pending).
+    b.plan.ensure_service = bool(b.plan.create_ranks) or not (old_phase or o.own)
 
     states = [e["state"] for e in b.status["ranks"]]
     if all(state == pd.SUCCEEDED for state in states):
