@@ -111,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor", type=int, default=0, metavar="K",
                    help="floor mode: no operator; the jobs' Services and Pods made by K kubectl processes "
                         "at the moment of the apply (benchmarks/scale/floor.py)")  # fmt: skip
+    p.add_argument("--floor-after-apply", action="store_true",
+                   help="floor mode: make the children only once the apply has returned")  # fmt: skip
     p.add_argument("--extra-manifest", type=Path, action="append", default=[],
                    help="also apply this file before the operator starts (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
@@ -233,20 +235,25 @@ def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jo
 
 def _floor_burst(plane: ControlPlane, tl: Timeline, job_file: Path, jobs: int,
                  args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
-    """The floor (benchmarks/scale/floor.py): the apply, and at once the children by `args.floor`
-    kubectl processes; times until all Pods exist and all Pods run, CPU by process."""
+    """The floor (benchmarks/scale/floor.py): the apply, and at once (or, `--floor-after-apply`,
+    once it returned) the children by `args.floor` kubectl processes; times from the apply until
+    all Pods exist and all Pods run, CPU by process."""
     docs = floor.children(scale_jobs(jobs, NAMESPACE, example_job()), RANKS)
     files = []
     for i, part in enumerate(floor.split(docs, args.floor)):
         files.append(plane.work / f"children-{i}.yaml")
         files[-1].write_text(manifest(part))
     cpu_before, t0 = _cpu_by_process(plane), time.monotonic()
-    creators = [subprocess.Popen([*plane.kubectl, "create", "-f", str(f)], stdout=subprocess.DEVNULL)
-                for f in files]  # fmt: skip
+    create = [[*plane.kubectl, "create", "-f", str(f)] for f in files]
+    creators = (
+        [] if args.floor_after_apply else [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in create]
+    )
     out: dict[str, Any] = {
         "floor_clients": args.floor,
+        "floor_after_apply": args.floor_after_apply,
         "apply_s": _kubectl_timed(plane, "apply", "-f", str(job_file)),
     }
+    creators = creators or [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in create]
     for proc in creators:
         if proc.wait() != 0:
             raise RuntimeError("kubectl create of the children failed")
