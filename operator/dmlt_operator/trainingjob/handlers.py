@@ -244,8 +244,8 @@ def sync_job(
 def first_pending(body: Mapping[str, Any], changed: Mapping[str, Any]) -> bool:
     """Is this the job's first status, phase Pending? Written while the writers queue on the rate
     limit, it is most often followed within seconds by Running: under a burst it waits up to
-    STATUS_BATCH_S after the job's Pods were created (FIRST_STATUS_HOLD in docs/operator.md),
-    so that a starting job costs one status write, not two."""
+    STATUS_BATCH_S after the job's Pods were created (docs/operator.md, "Reconciling"), so
+    that a starting job costs one status write, not two."""
     return not (body.get("status") or {}).get("phase") and changed.get("phase") == rc.PENDING
 
 
