@@ -61,6 +61,7 @@ from benchmarks.scale.report import render_study_table, render_table  # noqa: E4
 from tests.helpers.control_plane import ADMIN_TOKEN, OPERATOR_TOKEN, SA_USER, ControlPlane, wait_until  # noqa: E402
 
 RESULTS = HERE / "results" / "scale.json"
+FLOOR_RESULTS = HERE / "results" / "scale-floor.json"
 NAMESPACE = "scale"
 RANKS = 2
 CHART_API_KINDS = ("Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
@@ -82,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=15, help="seconds after all Running before the window")
     p.add_argument("--steady", type=float, default=60, help="seconds of the steady-state window (default 60)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for each wait (default 900)")
-    p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"JSON results (default {RESULTS}; in floor mode {FLOOR_RESULTS})")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     p.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
                    help="override one of the chart's operator settings, e.g. DMLT_API_QPS=100 (repeatable)")  # fmt: skip
@@ -117,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also apply this file before the operator starts (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
     args.jobs = args.jobs or [20]
+    args.out = args.out or (FLOOR_RESULTS if args.floor else RESULTS)
     args.operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
     return args
 
@@ -417,15 +420,21 @@ def _machine() -> dict[str, Any]:
 
 
 def save(entries: list[dict[str, Any]], path: Path, key: str = "runs") -> list[dict[str, Any]]:
-    """Merge `entries` into the file's list `key` ("runs": one per number of jobs; "studies":
-    one per label and parallelism); all of that list, ordered. Other lists are kept."""
+    """Merge `entries` into the file's list `key` ("runs": one per number of jobs; "floors": one
+    per number of jobs and variant; "studies": one per label and parallelism); all of that list,
+    ordered. Other lists are kept."""
     data = json.loads(path.read_text()) if path.exists() else {}
-    ident = (lambda e: e["jobs"]) if key == "runs" else (lambda e: (e["parallelism"], e.get("label", "")))
+    idents = {
+        "runs": lambda e: e["jobs"],
+        "floors": lambda e: (e["jobs"], bool(e.get("floor_after_apply"))),
+        "studies": lambda e: (e["parallelism"], e.get("label", "")),
+    }
+    ident = idents[key]
     by_id = {ident(e): e for e in data.get(key, [])}
     for e in entries:
         by_id.pop(ident(e), None)  # a rerun goes to the end: the order of the runs
         by_id[ident(e)] = e
-    merged = [by_id[k] for k in sorted(by_id)] if key == "runs" else list(by_id.values())
+    merged = [by_id[k] for k in sorted(by_id)] if key != "studies" else list(by_id.values())
     data[key] = merged
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
@@ -467,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(entry, indent=2), file=sys.stderr)
         if not args.keep:
             subprocess.run(["rm", "-rf", str(work)], check=False)
+    if args.floor:
+        print(json.dumps(save(entries, args.out, "floors"), indent=2))
+        return 0
     merged = save(entries, args.out)
     print(render_table(merged))
     return 0

@@ -300,3 +300,15 @@ def test_the_floor_makes_each_jobs_service_and_rank_pods_as_the_operator_builds_
     assert docs[1]["spec"]["subdomain"] == "scale-0000" and docs[1]["metadata"]["namespace"] == "scale"
     parts = floor.split(docs, 2)
     assert sorted(len(p) for p in parts) == [3, 3] and sum(parts, []) != docs  # dealt, not halved
+
+
+def test_floor_runs_go_to_their_own_file_one_per_variant(tmp_path):
+    from benchmarks import bench_scale
+
+    assert bench_scale.parse_args(["--floor", "2"]).out == bench_scale.FLOOR_RESULTS
+    assert bench_scale.parse_args([]).out == bench_scale.RESULTS
+    out = tmp_path / "floor.json"
+    bench_scale.save([{"jobs": 1000, "floor_after_apply": False, "apply_s": 1.0}], out, "floors")
+    bench_scale.save([{"jobs": 1000, "floor_after_apply": True, "apply_s": 2.0}], out, "floors")
+    again = bench_scale.save([{"jobs": 1000, "floor_after_apply": True, "apply_s": 3.0}], out, "floors")
+    assert [(e["floor_after_apply"], e["apply_s"]) for e in again] == [(False, 1.0), (True, 3.0)]
