@@ -115,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "at the moment of the apply (benchmarks/scale/floor.py)")  # fmt: skip
     p.add_argument("--floor-after-apply", action="store_true",
                    help="floor mode: make the children only once the apply has returned")  # fmt: skip
+    p.add_argument("--operator-paused-during-apply", action="store_true",
+                   help="stop the operator (SIGSTOP) until the apply returns: the best case of an "
+                        "operator that yields to a burst of submissions")  # fmt: skip
     p.add_argument("--extra-manifest", type=Path, action="append", default=[],
                    help="also apply this file before the operator starts (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
@@ -209,12 +212,20 @@ def _baseline_apply(plane: ControlPlane, job_file: Path, timeout: float) -> floa
 
 
 def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jobs: int,
-                 timeout: float) -> dict[str, Any]:  # fmt: skip
-    """Apply all jobs at once; times until all Pods exist and every job is Running, the lags."""
+                 timeout: float, paused: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Apply all jobs at once; times until all Pods exist and every job is Running, the lags.
+    `paused`: the operator is stopped (SIGSTOP) until the apply returns, as an operator that
+    yields to a burst of submissions would idle."""
     out: dict[str, Any] = {}
     cpu_start, t0, wall0 = procstat.cpu_seconds(pid), time.monotonic(), time.time()
     cpu_by_process = _cpu_by_process(plane)
-    out["apply_s"] = _kubectl_timed(plane, "apply", "-f", str(job_file))
+    if paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        out["apply_s"] = _kubectl_timed(plane, "apply", "-f", str(job_file))
+    finally:
+        if paused:
+            os.kill(pid, signal.SIGCONT)
     count_pods = lambda: tl.count(lambda t: len(t.pod_created))  # noqa: E731
     count_running = lambda: tl.count(lambda t: len(t.job_running))  # noqa: E731
     out["pods_created_s"], pods = _seconds_until("rank Pods", count_pods, RANKS * jobs, t0, timeout)
@@ -323,7 +334,10 @@ def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dic
         if args.operator_env:
             entry["operator_env"] = args.operator_env
         _log(jobs, f"operator up (pid {pid}); applying all jobs")
-        entry.update(_start_burst(plane, watcher.timeline, pid, job_file, jobs, args.timeout))
+        if args.operator_paused_during_apply:
+            entry["operator_paused_during_apply"] = True
+        entry.update(_start_burst(plane, watcher.timeline, pid, job_file, jobs, args.timeout,
+                                  args.operator_paused_during_apply))  # fmt: skip
         _log(jobs, f"all Running after {entry['all_running_s']} s; steady window of {args.steady} s")
         time.sleep(args.settle)
         entry["steady"] = _steady_window(plane, http, pid, args.steady)
