@@ -330,7 +330,7 @@ def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dic
             watcher.stop()
             return entry
         kubeconfig = plane.kubeconfig(OPERATOR_TOKEN.token, "operator")
-        pid = start_operator(plane, kubeconfig, dict(os.environ), args.operator_env)
+        pid = start_operator(plane, kubeconfig, dict(os.environ), _operator_overrides(args))
         if args.operator_env:
             entry["operator_env"] = args.operator_env
         _log(jobs, f"operator up (pid {pid}); applying all jobs")
@@ -347,6 +347,13 @@ def run_once(jobs: int, nodes: int, args: argparse.Namespace, work: Path) -> dic
         entry["operator_peak_rss_mb"] = procstat.peak_rss_mb(pid)
         watcher.stop()
     return entry
+
+
+def _operator_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """`--operator-env`, and leader election off for an operator that is stopped during the apply
+    (a stopped process cannot renew its Lease, and gives up leading when it wakes)."""
+    paused = {"DMLT_LEADER_ELECTION": "false"} if args.operator_paused_during_apply else {}
+    return {**paused, **args.operator_env}
 
 
 def _log(jobs: int | str, message: str) -> None:

@@ -312,3 +312,11 @@ def test_floor_runs_go_to_their_own_file_one_per_variant(tmp_path):
     bench_scale.save([{"jobs": 1000, "floor_after_apply": True, "apply_s": 2.0}], out, "floors")
     again = bench_scale.save([{"jobs": 1000, "floor_after_apply": True, "apply_s": 3.0}], out, "floors")
     assert [(e["floor_after_apply"], e["apply_s"]) for e in again] == [(False, 1.0), (True, 3.0)]
+
+
+def test_an_operator_stopped_during_the_apply_runs_without_leader_election():
+    from benchmarks import bench_scale
+
+    paused = bench_scale.parse_args(["--operator-paused-during-apply", "--operator-env", "DMLT_API_QPS=100"])
+    assert bench_scale._operator_overrides(paused) == {"DMLT_LEADER_ELECTION": "false", "DMLT_API_QPS": "100"}
+    assert bench_scale._operator_overrides(bench_scale.parse_args([])) == {}
