@@ -420,9 +420,23 @@ def test_two_writes_in_a_row_are_one_chain_until_the_index_catches_up():
 def busy_kube(kube):
     from dmlt_operator.core.ratelimit import TokenBucket
 
-    kube.limiter = TokenBucket(rate=1, burst=1)
+    kube.limiter = TokenBucket(rate=1, burst=1, clock=lambda: 0.0)  # time stands still
     kube.limiter.reserve()  # the one token is taken: writers would queue
     return kube
+
+
+class RefusingRankOneKube(FakeJobKube):
+    def create_pod(self, pod):
+        if pod["metadata"]["name"] == "ddp-1":
+            return RefusingKube.create_pod(self, pod)
+        return super().create_pod(pod)
+
+
+class RefusingServiceKube(FakeJobKube):
+    def create_service(self, service):
+        exc = ApiException(status=403, reason="Forbidden")
+        exc.body = json.dumps({"message": 'services "ddp" is forbidden: exceeded quota'})
+        raise exc
 
 
 def test_under_a_burst_a_starting_job_writes_one_status_running_not_pending_first():
@@ -448,10 +462,33 @@ def test_a_held_first_status_is_written_once_the_batch_is_over_or_the_writers_st
 
 
 def test_a_starting_job_whose_pods_are_refused_reports_it_at_once_even_under_a_burst():
-    kube = busy_kube(RefusingKube())
+    kube = busy_kube(RefusingRankOneKube())
     outcome = held_sync(versioned(), kube, [], hold=0.0)
+    assert [o["metadata"]["name"] for o in kube.created] == ["ddp", "ddp-0"]  # rank 0 made: not held
     assert outcome.refused and outcome.written is not None
     assert "exceeded quota" in kube.status_patches[-1][1]["message"]
+
+
+def test_no_pods_are_made_while_their_service_is_refused():
+    kube = RefusingServiceKube()
+    outcome = sync(versioned(), kube)
+    assert kube.created == [] and outcome.refused
+    assert "exceeded quota" in kube.status_patches[-1][1]["message"]
+
+
+def test_a_pod_made_again_while_the_first_status_is_held_gets_the_status_written():
+    kube = busy_kube(FakeJobKube())
+    held_sync(versioned(), kube, [], hold=0.0)
+    kube.existing.discard("ddp-1")  # rank 1 vanished before its job had a status
+    again = held_sync(versioned(), kube, [scheduled_pod(0)], hold=8.0)
+    assert [o["metadata"]["name"] for o in kube.created][-1] == "ddp-1"
+    assert again.written is not None and kube.status_patches[-1][1]["phase"] == "Pending"
+
+
+def test_a_job_with_a_deadline_writes_its_first_status_at_once_even_under_a_burst():
+    kube = busy_kube(FakeJobKube())
+    outcome = held_sync(versioned(runPolicy={"activeDeadlineSeconds": 30}), kube, [], hold=0.0)
+    assert outcome.written is not None and "startTime" in kube.status_patches[-1][1]
 
 
 def test_creating_children_restarts_the_status_batch_clock():

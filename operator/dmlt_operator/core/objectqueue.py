@@ -107,7 +107,7 @@ class ObjectQueue(Generic[K]):
         self.write_times[key] = now
 
     def since_write(self, key: K, now: float, period: float) -> float:
-        """Seconds left of `period` since our last status write of `key` (≤ 0: none left)."""
+        """Seconds left of `period` since we last wrote about `key` (`write_times`; ≤ 0: none)."""
         last = self.write_times.get(key)
         return -period if last is None else last + period - now
 

@@ -57,9 +57,10 @@ STATUS_BATCH_S = 10.0
 rank of several running) is written at most this often per job, and not while writers queue on
 the rate limit; a new phase, condition or progress is written at once, with the details. Like
 the Job controller's batching of Pod events, this makes a starting job's status two writes
-(Pending, then Running), not one per step of its Pods, and under a burst leaves the write rate
-to creating Pods. Long enough to cover a Pod's start on simulated nodes (measured 2-16 s in a
-burst), short enough that a rank stuck in Pending shows why within seconds."""
+(Pending, then Running; under a burst one, see first_pending), not one per step of its Pods,
+and under a burst leaves the write rate to creating Pods. Long enough to cover a Pod's start
+on simulated nodes (measured 2-16 s in a burst), short enough that a rank stuck in Pending
+shows why within seconds."""
 DETAIL_KEYS = frozenset({"ranks", "ready", "message"})
 EXPECTED_PODS_S = 5.0
 """How long a job waits for the Pods it created to show in the Pod watch before it plans
@@ -230,9 +231,13 @@ def sync_job(
         busy = limiter is not None and limiter.busy()
         if only_details(changed):
             return max(hold, STATUS_BATCH_S if busy else 0.0)
-        if busy and first_pending(body, changed):
-            return STATUS_BATCH_S if wake.created else hold
-        return 0.0
+        if not (busy and first_pending(body, changed)):
+            return 0.0
+        if wake.created:
+            # Its first Pods: hold. A Pod made again while held (one vanished): write now, so
+            # that from here on a vanished rank counts against the job as usual.
+            return 0.0 if pods else STATUS_BATCH_S
+        return hold
 
     return core.sync_and_write(
         lambda status_patch: reconcile_job(body, pods, status_patch, memo, logger, workload),
@@ -242,10 +247,14 @@ def sync_job(
 
 
 def first_pending(body: Mapping[str, Any], changed: Mapping[str, Any]) -> bool:
-    """Is this the job's first status, phase Pending? Written while the writers queue on the rate
-    limit, it is most often followed within seconds by Running: under a burst it waits up to
-    STATUS_BATCH_S after the job's Pods were created (docs/operator.md, "Reconciling"), so
-    that a starting job costs one status write, not two."""
+    """Is this the job's first status, phase Pending, of a job without a deadline? Written while
+    the writers queue on the rate limit, it is most often followed within seconds by Running:
+    under a burst it waits up to STATUS_BATCH_S after the job's Pods were created
+    (docs/operator.md, "Reconciling"), so that a starting job costs one status write, not two.
+    A job with activeDeadlineSeconds is written at once: its clock starts at its startTime."""
+    spec = body.get("spec") or {}
+    if (spec.get("runPolicy") or {}).get("activeDeadlineSeconds") is not None:
+        return False
     return not (body.get("status") or {}).get("phase") and changed.get("phase") == rc.PENDING
 
 
@@ -406,7 +415,8 @@ def apply_plan(
     at_step("create pods")
     made = core.Creations(refused=service.refused, invalid=service.invalid)
     for rank in plan.create_ranks:
-        if not made.invalid:
+        # No Pods without their Service: a job whose Pods exist has its Service (plan_progress).
+        if not (made.invalid or service.refused):
             made.create(kube.create_pod, rank_pod(plan, job, job_spec, rank, cfg))
     if made.invalid:
         return made
