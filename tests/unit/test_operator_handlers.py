@@ -485,10 +485,30 @@ def test_a_pod_made_again_while_the_first_status_is_held_gets_the_status_written
     assert again.written is not None and kube.status_patches[-1][1]["phase"] == "Pending"
 
 
-def test_a_job_with_a_deadline_writes_its_first_status_at_once_even_under_a_burst():
+def created_pod(rank, phase, created):
+    return pd.PodSummary(
+        name=f"ddp-{rank}", rank=rank, attempt=0, owner_uid="job-uid", uid=f"p{rank}",
+        phase=phase, ready=phase == "Running", started=phase == "Running", created=created,
+    )  # fmt: skip
+
+
+def test_a_held_jobs_deadline_runs_from_its_first_pod_created():
+    from datetime import UTC, datetime, timedelta
+
+    from dmlt_operator.core.conditions import format_time
+
     kube = busy_kube(FakeJobKube())
-    outcome = held_sync(versioned(runPolicy={"activeDeadlineSeconds": 30}), kube, [], hold=0.0)
-    assert outcome.written is not None and "startTime" in kube.status_patches[-1][1]
+    job = versioned(runPolicy={"activeDeadlineSeconds": 5})
+    assert held_sync(job, kube, [], hold=0.0).written is None  # held, like any starting job
+    made = format_time(datetime.now(UTC) - timedelta(seconds=8))  # its Pods, 8 s ago
+    late = held_sync(job, kube, [created_pod(0, "Pending", made), created_pod(1, "Pending", made)], hold=2.0)
+    assert late.written is not None  # failed, past its 5 s: written at once
+    status = kube.status_patches[-1][1]
+    assert status["phase"] == "Failed" and status["startTime"] == made
+    running = versioned(runPolicy={"activeDeadlineSeconds": 600})
+    pods = [created_pod(0, "Running", made), created_pod(1, "Running", made)]
+    assert held_sync(running, kube, pods, hold=2.0).written is not None
+    assert kube.status_patches[-1][1]["startTime"] == made  # when it started, not when written
 
 
 def test_creating_children_restarts_the_status_batch_clock():

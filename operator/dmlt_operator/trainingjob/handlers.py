@@ -247,14 +247,11 @@ def sync_job(
 
 
 def first_pending(body: Mapping[str, Any], changed: Mapping[str, Any]) -> bool:
-    """Is this the job's first status, phase Pending, of a job without a deadline? Written while
-    the writers queue on the rate limit, it is most often followed within seconds by Running:
-    under a burst it waits up to STATUS_BATCH_S after the job's Pods were created
-    (docs/operator.md, "Reconciling"), so that a starting job costs one status write, not two.
-    A job with activeDeadlineSeconds is written at once: its clock starts at its startTime."""
-    spec = body.get("spec") or {}
-    if (spec.get("runPolicy") or {}).get("activeDeadlineSeconds") is not None:
-        return False
+    """Is this the job's first status, phase Pending? Written while the writers queue on the rate
+    limit, it is most often followed within seconds by Running: under a burst it waits up to
+    STATUS_BATCH_S after the job's Pods were created (docs/operator.md, "Reconciling"), so
+    that a starting job costs one status write, not two. Meanwhile its startTime (and the
+    activeDeadlineSeconds clock) is when its first Pod was created (plan.gang_created)."""
     return not (body.get("status") or {}).get("phase") and changed.get("phase") == rc.PENDING
 
 

@@ -327,13 +327,20 @@ def rank_failures(o: Observed) -> list[str]:
     return failures
 
 
+def gang_created(o: Observed, attempt: int) -> datetime | None:
+    """When the first Pod of this attempt was created, if one exists: the start of a job whose
+    first status write was held (trainingjob/handlers.py first_pending)."""
+    times = [parse_time(p.created) for p in o.own if p.attempt == attempt and not p.deleting]
+    return min((t for t in times if t is not None), default=None)
+
+
 def plan_failures(b: JobBuilder, o: Observed) -> Plan | None:
     """Past the deadline, or a rank failed: fail the job, or restart the whole gang."""
     s, policy = b.status, o.spec.run_policy
     start = parse_time(s.get("startTime"))
     if start is None:
-        start = b.now
-        s["startTime"] = format_time(b.now)
+        start = gang_created(o, s["attempt"]) or b.now
+        s["startTime"] = format_time(start)
     deadline = policy.active_deadline_seconds
     if deadline is not None and b.now - start > timedelta(seconds=deadline):
         return _fail(

@@ -41,6 +41,8 @@ class PodSummary:
     node: str | None = None
     result_items: tuple[tuple[str, Any], ...] = ()
     """The rank's result (status.ranks[].result) from its termination message, as items."""
+    created: str | None = None
+    """metadata.creationTimestamp (RFC 3339)."""
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -135,6 +137,7 @@ def summarize_pod(body: Mapping[str, Any]) -> PodSummary | None:
         message=_short(message),
         node=(body.get("spec") or {}).get("nodeName"),
         result_items=tuple(sorted((facts.get("result") or {}).items())),
+        created=meta.get("creationTimestamp"),
     )
 
 
