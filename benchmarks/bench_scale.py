@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -226,17 +227,15 @@ def _start_burst(plane: ControlPlane, tl: Timeline, pid: int, job_file: Path, jo
     finally:
         if paused:
             os.kill(pid, signal.SIGCONT)
-    count_pods = lambda: tl.count(lambda t: len(t.pod_created))  # noqa: E731
-    count_running = lambda: tl.count(lambda t: len(t.job_running))  # noqa: E731
+    count_pods = _count(tl, "pod_created")
+    count_running = _count(tl, "job_running")
     out["pods_created_s"], pods = _seconds_until("rank Pods", count_pods, RANKS * jobs, t0, timeout)
     out["pods_created_s_reached"] = pods // RANKS
     out["all_running_s"], out["all_running_s_reached"] = _seconds_until(
         "phase Running", count_running, jobs, t0, timeout
     )
     out["operator_cpu_start_s"] = procstat.cpu_seconds(pid) - cpu_start
-    out["cpu_start_s_by_process"] = {
-        name: round(cpu - cpu_by_process.get(name, 0.0), 1) for name, cpu in _cpu_by_process(plane).items()
-    }
+    out["cpu_start_s_by_process"] = _cpu_since(plane, cpu_by_process)
     with tl.lock:
         pod_running, job_running = dict(tl.pod_running), dict(tl.job_running)
     lags = stats.running_lags(job_running, tl.pods_of_jobs(), pod_running, RANKS)
@@ -272,14 +271,22 @@ def _floor_burst(plane: ControlPlane, tl: Timeline, job_file: Path, jobs: int,
         if proc.wait() != 0:
             raise RuntimeError("kubectl create of the children failed")
     out["children_created_s"] = time.monotonic() - t0
-    count_pods = lambda: tl.count(lambda t: len(t.pod_created))  # noqa: E731
-    count_running = lambda: tl.count(lambda t: len(t.pod_running))  # noqa: E731
+    count_pods = _count(tl, "pod_created")
+    count_running = _count(tl, "pod_running")
     out["pods_created_s"], _ = _seconds_until("rank Pods", count_pods, RANKS * jobs, t0, args.timeout)
     out["pods_running_s"], _ = _seconds_until("Pods Running", count_running, RANKS * jobs, t0, args.timeout)
-    out["cpu_start_s_by_process"] = {
-        name: round(cpu - cpu_before.get(name, 0.0), 1) for name, cpu in _cpu_by_process(plane).items()
-    }
+    out["cpu_start_s_by_process"] = _cpu_since(plane, cpu_before)
     return out
+
+
+def _count(tl: Timeline, field: str) -> Callable[[], int]:
+    """How many objects the timeline's `field` (pod_created, job_running, …) holds, as a probe."""
+    return lambda: tl.count(lambda t: len(getattr(t, field)))
+
+
+def _cpu_since(plane: ControlPlane, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds of each process the benchmark started, since `before` (_cpu_by_process)."""
+    return {name: round(cpu - before.get(name, 0.0), 1) for name, cpu in _cpu_by_process(plane).items()}
 
 
 def _cpu_by_process(plane: ControlPlane) -> dict[str, float]:
@@ -297,8 +304,8 @@ def _delete_all(plane: ControlPlane, tl: Timeline, jobs: int, timeout: float) ->
     """Delete every job at once: seconds until all are gone (finalizers removed), all Pods gone."""
     t_del = time.monotonic()
     _kubectl_timed(plane, "delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
-    count_jobs = lambda: tl.count(lambda t: len(t.job_gone))  # noqa: E731
-    count_pods = lambda: tl.count(lambda t: len(t.pod_gone))  # noqa: E731
+    count_jobs = _count(tl, "job_gone")
+    count_pods = _count(tl, "pod_gone")
     jobs_gone, jobs_reached = _seconds_until("jobs gone", count_jobs, jobs, t_del, timeout)
     pods_gone, pods_reached = _seconds_until("Pods gone", count_pods, RANKS * jobs, t_del, timeout)
     return {"jobs_gone_s": jobs_gone, "jobs_gone_reached": jobs_reached,
@@ -394,8 +401,8 @@ def run_study(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         _log(tag, f"operator up (pid {pid}); applying the study")
         cpu_start, t0, wall0 = procstat.cpu_seconds(pid), time.monotonic(), time.time()
         _kubectl_timed(plane, "apply", "-f", str(study_file))
-        count_jobs = lambda: tl.count(lambda t: len(t.job_seen))  # noqa: E731
-        count_running = lambda: tl.count(lambda t: len(t.job_running))  # noqa: E731
+        count_jobs = _count(tl, "job_seen")
+        count_running = _count(tl, "job_running")
         _seconds_until("trial jobs created", count_jobs, par, t0, args.timeout)
         _seconds_until("trial jobs Running", count_running, par, t0, args.timeout)
         _log(tag, f"{par} trial jobs Running; waiting for {total} trial jobs in all")

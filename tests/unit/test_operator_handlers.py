@@ -129,11 +129,16 @@ def test_trainer_pods_index():
     assert asyncio.run(handlers.trainer_pods(namespace="ns", labels=labels, body=pod_body)) == {}
 
 
+def quota_exceeded(what):
+    """The apiserver's refusal of `what` (e.g. 'pods "ddp-0"') by a ResourceQuota."""
+    exc = ApiException(status=403, reason="Forbidden")
+    exc.body = json.dumps({"message": f"{what} is forbidden: exceeded quota"})
+    return exc
+
+
 class RefusingKube(FakeJobKube):
     def create_pod(self, pod):
-        exc = ApiException(status=403, reason="Forbidden")
-        exc.body = json.dumps({"message": 'pods "ddp-0" is forbidden: exceeded quota'})
-        raise exc
+        raise quota_exceeded('pods "ddp-0"')
 
 
 def test_refused_pod_creation_is_reported_not_raised():
@@ -428,15 +433,13 @@ def busy_kube(kube):
 class RefusingRankOneKube(FakeJobKube):
     def create_pod(self, pod):
         if pod["metadata"]["name"] == "ddp-1":
-            return RefusingKube.create_pod(self, pod)
+            raise quota_exceeded('pods "ddp-1"')
         return super().create_pod(pod)
 
 
 class RefusingServiceKube(FakeJobKube):
     def create_service(self, service):
-        exc = ApiException(status=403, reason="Forbidden")
-        exc.body = json.dumps({"message": 'services "ddp" is forbidden: exceeded quota'})
-        raise exc
+        raise quota_exceeded('services "ddp"')
 
 
 def test_under_a_burst_a_starting_job_writes_one_status_running_not_pending_first():
